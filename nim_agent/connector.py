@@ -1,0 +1,4 @@
+"""The NIM connector (server side).
+
+Arrives with issue 4; this placeholder keeps `import flytekit` working meanwhile.
+"""
