@@ -1,0 +1,54 @@
+"""Prometheus metrics of nim-agent, all prefixed ``nim_agent_``.
+
+They live in prometheus_client's default registry, so flytekit's connector server exposes them
+on its metrics port (9090 by default) next to its own ``flyte_connector_*`` series.
+
+Metric                                        | labels
+--------------------------------------------- | -----------------------------
+nim_agent_deployments                         | phase (gauge, from the watch cache)
+nim_agent_deployments_created_total           | (counter)
+nim_agent_time_to_ready_seconds               | (histogram: pod creation -> Ready)
+nim_agent_failures_total                      | reason
+nim_agent_deletions_total                     | cause (abort, ttl, teardown, failure, orphan)
+nim_agent_kube_requests_total                 | verb, code
+nim_agent_watch_restarts_total                | reason
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+DEPLOYMENTS = Gauge(
+    "nim_agent_deployments",
+    "NIM deployments known to the watch cache, by the Flyte phase they map to.",
+    ["phase"],
+)
+DEPLOYMENTS_CREATED = Counter(
+    "nim_agent_deployments_created",
+    "NIM deployments created (retried creates of an existing deployment are not counted).",
+)
+TIME_TO_READY = Histogram(
+    "nim_agent_time_to_ready_seconds",
+    "Time from pod creation to the NIM server's Ready condition.",
+    buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600),
+)
+FAILURES = Counter(
+    "nim_agent_failures",
+    "Deployments reported FAILED or RETRYABLE_FAILED, by reason.",
+    ["reason"],
+)
+DELETIONS = Counter(
+    "nim_agent_deletions",
+    "Deployments deleted by nim-agent, by cause.",
+    ["cause"],
+)
+KUBE_REQUESTS = Counter(
+    "nim_agent_kube_requests",
+    "Requests sent to the Kubernetes API server, by verb and HTTP status code.",
+    ["verb", "code"],
+)
+WATCH_RESTARTS = Counter(
+    "nim_agent_watch_restarts",
+    "Restarts of the pod watch, by reason (expired, error, timeout).",
+    ["reason"],
+)

@@ -1,0 +1,205 @@
+"""A list+watch cache of nim-agent's pods, so that GetTask costs no API request.
+
+flytepropeller polls GetTask for every running task; answering each poll with a GET to the API
+server is load for nothing. The cache lists our pods once (label-selected), then follows a watch
+from the list's resourceVersion, and answers lookups from memory.
+
+Why not ``kubernetes.informer.SharedInformer``: it runs a thread on the synchronous client and
+builds a pydantic model of every pod event, and it reconnects a failed watch at once, without
+backoff, which spins while the API server is down. This loop is a few lines of asyncio on the
+same event loop as the connector, with the shape kopf made familiar::
+
+    forever:                                  (reconnect with capped exponential backoff)
+        list pods                             (only when we have no resourceVersion)
+        watch from the resourceVersion        (bookmarks on; server timeout + inactivity timeout)
+        410 Gone -> forget the resourceVersion and list again
+
+While the watch is down the cache says so (``fresh`` is False) and callers read the API server
+directly, so a stale cache never hides a pod's real state for long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+
+from nim_agent import metrics
+from nim_agent.kube import Gone, Json, Kube, KubeError
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]  # (namespace, name)
+
+
+def _key(pod: Json) -> Key:
+    meta = pod.get("metadata") or {}
+    return str(meta.get("namespace") or ""), str(meta.get("name") or "")
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter: 0.25 s, 0.5 s, 1 s, ... up to ``cap``."""
+
+    def __init__(self, base: float = 0.25, cap: float = 4.0) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * 2**self.attempt)
+        self.attempt += 1
+        return random.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class PodCache:
+    """Pods labelled ``label_selector``, in ``namespaces`` (None: all namespaces).
+
+    Example::
+
+        cache = PodCache(Kube.for_current_loop, label_selector=OWNED_BY_US)
+        cache.start()
+        found, pod = cache.lookup("flytesnacks-development", "nim-llama3-8b-3f9a1c2e")
+    """
+
+    def __init__(
+        self,
+        kube: Callable[[], Awaitable[Kube]],
+        *,
+        label_selector: str,
+        namespaces: Sequence[str] | None = None,
+        watch_timeout_seconds: int = 300,
+        on_event: Callable[[str, Json], None] | None = None,
+    ) -> None:
+        self._kube = kube
+        self._selector = label_selector
+        self._scopes: list[str | None] = list(namespaces) if namespaces else [None]
+        self._watch_timeout = watch_timeout_seconds
+        self._on_event = on_event
+        self._pods: dict[Key, Json] = {}
+        self._fresh: dict[str | None, bool] = dict.fromkeys(self._scopes, False)
+        self._synced: dict[str | None, asyncio.Event] = {s: asyncio.Event() for s in self._scopes}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Condition()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _scope_of(self, namespace: str) -> str | None:
+        if self._scopes == [None]:
+            return None
+        return namespace if namespace in self._scopes else "<unwatched>"
+
+    def fresh(self, namespace: str) -> bool:
+        """True when the cache covers ``namespace`` and its watch is up."""
+        return self._fresh.get(self._scope_of(namespace), False)
+
+    def lookup(self, namespace: str, name: str) -> tuple[bool, Json | None]:
+        """``(True, pod)``, ``(True, None)`` when the fresh cache knows the pod is absent, or
+        ``(False, None)`` when the cache cannot say (namespace not watched, watch down)."""
+        if not self.fresh(namespace):
+            return False, None
+        return True, self._pods.get((namespace, name))
+
+    def pods(self) -> Iterator[Json]:
+        """Every cached pod (a snapshot)."""
+        return iter(list(self._pods.values()))
+
+    async def wait_synced(self) -> None:
+        """Wait until every scope has been listed once (bound it with ``asyncio.timeout``)."""
+        for event in self._synced.values():
+            await event.wait()
+
+    async def wait_for(
+        self, namespace: str, name: str, predicate: Callable[[Json | None], bool]
+    ) -> Json | None:
+        """Wait until the cached pod satisfies ``predicate`` (bound it with ``asyncio.timeout``)."""
+        async with self._changed:
+            await self._changed.wait_for(lambda: predicate(self._pods.get((namespace, name))))
+            return self._pods.get((namespace, name))
+
+    # -- running --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start one list+watch loop per scope on the running event loop."""
+        if self._tasks:
+            return
+        for scope in self._scopes:
+            self._tasks.append(asyncio.create_task(self._run(scope), name=f"pod-watch:{scope}"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+
+    @property
+    def running(self) -> bool:
+        return any(not t.done() for t in self._tasks)
+
+    async def _apply(self, kind: str, pod: Json) -> None:
+        key = _key(pod)
+        if kind == "DELETED":
+            self._pods.pop(key, None)
+        else:
+            self._pods[key] = pod
+        if self._on_event is not None:
+            self._on_event(kind, pod)
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def _replace(self, scope: str | None, items: list[Json]) -> None:
+        listed = {_key(p): p for p in items}
+        stale = [k for k in self._pods if (scope is None or k[0] == scope) and k not in listed]
+        for k in stale:
+            await self._apply("DELETED", self._pods[k])
+        for pod in listed.values():
+            await self._apply("MODIFIED" if _key(pod) in self._pods else "ADDED", pod)
+
+    async def _run(self, scope: str | None) -> None:
+        backoff = Backoff()
+        resource_version: str | None = None
+        while True:
+            try:
+                kube = await self._kube()
+                if resource_version is None:
+                    items, resource_version = await kube.list_pods(
+                        scope, label_selector=self._selector
+                    )
+                    await self._replace(scope, items)
+                    self._synced[scope].set()
+                stream = await kube.open_pod_watch(
+                    scope,
+                    label_selector=self._selector,
+                    resource_version=resource_version,
+                    timeout_seconds=self._watch_timeout,
+                )
+                # Connected: events missed while down are replayed from resource_version.
+                self._fresh[scope] = True
+                backoff.reset()
+                try:
+                    async for event in stream:
+                        meta = event.object.get("metadata") or {}
+                        resource_version = str(meta.get("resourceVersion") or resource_version)
+                        if event.type != "BOOKMARK":
+                            await self._apply(event.type, event.object)
+                finally:
+                    stream.close()
+                metrics.WATCH_RESTARTS.labels("timeout").inc()  # the server closed the stream
+            except asyncio.CancelledError:
+                self._fresh[scope] = False
+                raise
+            except Gone:
+                log.info("pod watch (%s): resourceVersion expired; listing again", scope or "all")
+                metrics.WATCH_RESTARTS.labels("expired").inc()
+                resource_version = None
+            except (KubeError, ValueError) as exc:
+                # ValueError: a malformed line in the stream. Either way, the cache may have
+                # missed events: mark it stale until the watch is back.
+                self._fresh[scope] = False
+                metrics.WATCH_RESTARTS.labels("error").inc()
+                delay = backoff.next_delay()
+                log.warning(
+                    "pod watch (%s) failed: %s; retrying in %.1fs", scope or "all", exc, delay
+                )
+                await asyncio.sleep(delay)
