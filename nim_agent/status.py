@@ -1,0 +1,1167 @@
+"""Classify a NIM pod into a Flyte task phase with a message a person can act on.
+
+Purely computational, no I/O: the caller (the connector) reads the pod, its events and, when asked,
+a log tail from Kubernetes, and passes them in together with the current time. Everything here is
+a function of its arguments, so every branch is covered by table-driven unit tests.
+
+Public API::
+
+    classify(pod, *, events=(), now, policy, endpoint, log_tail=None, deletion_cause=None)
+        -> Classification(phase, message, reason, outputs, custom_info, log_request)
+    flyte_phase(Phase.RUNNING) -> 2      # flyteidl TaskExecution.Phase value
+    is_terminal(Phase.SUCCEEDED) -> True
+
+`pod` is a core/v1 Pod as a plain JSON dict in the API's camelCase form, exactly as the API server
+returns it (``pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]``). Every field
+may be absent; a missing or malformed field never raises. ``None`` means the pod is gone.
+`events` are core/v1 Event dicts involving the pod (events.k8s.io/v1 ``regarding``/``note`` work
+too); events of an older pod with the same name are ignored when both carry a uid.
+
+The mapping, first match wins (the rule table is `_RULES`, in this order):
+
+=================================================  ======================  ====================
+pod state                                          phase                   reason
+=================================================  ======================  ====================
+gone, or being deleted by nim-agent itself         FAILED                  PodDeleted
+gone, deleted by someone else                      RETRYABLE_FAILED        PodDeleted
+DisruptionTarget condition / being deleted         RETRYABLE_FAILED        Preempted, Evicted,
+                                                                           NodeLost, PodDeleted
+phase Failed: Evicted / node gone / kubelet        RETRYABLE_FAILED        Evicted, NodeLost,
+admission rejected (OutOf*, UnexpectedAdmission)                           AdmissionRejected
+phase Failed: a container or init container        FAILED                  OOMKilled, ...
+phase Succeeded (the server exited 0)              FAILED                  ServerExited
+phase Unknown, reason NodeLost, NodeNotReady       RETRYABLE_FAILED        NodeLost
+Ready condition True                               SUCCEEDED               Ready
+no node: scheduling gated                          WAITING_FOR_RESOURCES   SchedulingGated
+no node: Unschedulable (until the timeout)         WAITING_FOR_RESOURCES   Unschedulable
+no node, no decision yet                           QUEUED                  Queued
+... past `unschedulable_timeout` since creation    FAILED                  Unschedulable
+init container failed / crash loop / OOMKilled     FAILED                  InitContainerFailed
+init container failed below the threshold          INITIALIZING            Restarting
+init container running (LoRA download)             INITIALIZING            InitContainerRunning
+InvalidImageName / ErrImageNeverPull, or a         FAILED                  ImagePullError
+permanent registry error (not found, denied)
+ErrImagePull / ImagePullBackOff                    INITIALIZING, then      ImagePullError
+                                                   FAILED after grace
+CreateContainerConfigError                         FAILED                  MissingSecret,
+                                                                           ContainerConfigError
+CreateContainerError / RunContainerError           INITIALIZING, then      ContainerCreateError
+                                                   FAILED after grace
+OOMKilled (current or last termination)            FAILED                  OOMKilled
+killed by its startup probe                        FAILED                  StartupTimeout
+restartCount >= crashloop_restart_threshold        FAILED                  CrashLoop
+restarting below the threshold                     RUNNING                 Restarting
+running, not ready, past `startup_timeout`         FAILED                  StartupTimeout
+running, not ready                                 RUNNING                 LoadingModel
+pulling the image / creating the container         INITIALIZING            PullingImage,
+                                                                           ContainerCreating
+anything else                                      INITIALIZING/RUNNING    Unknown
+=================================================  ======================  ====================
+
+Times are measured against `now`: the unschedulable timeout from the pod's creation, the image
+pull and container-create grace from the first kubelet ``Failed`` event of that container (else
+from scheduling), the startup window from the current start of the server container.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+__all__ = [
+    "Classification",
+    "LogRequest",
+    "Phase",
+    "Reason",
+    "StatusPolicy",
+    "classify",
+    "flyte_phase",
+    "is_terminal",
+]
+
+
+class Phase(enum.StrEnum):
+    """The Flyte task phases `classify` returns, named as flyteidl's ``TaskExecution.Phase``."""
+
+    QUEUED = "QUEUED"
+    WAITING_FOR_RESOURCES = "WAITING_FOR_RESOURCES"
+    INITIALIZING = "INITIALIZING"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    RETRYABLE_FAILED = "RETRYABLE_FAILED"
+
+
+class Reason(enum.StrEnum):
+    """A short machine token for the state, a bounded set fit for metric labels."""
+
+    # not terminal
+    QUEUED = "Queued"
+    SCHEDULING_GATED = "SchedulingGated"
+    UNSCHEDULABLE = "Unschedulable"  # also terminal, past the timeout
+    CONTAINER_CREATING = "ContainerCreating"
+    PULLING_IMAGE = "PullingImage"
+    INIT_CONTAINER_RUNNING = "InitContainerRunning"
+    LOADING_MODEL = "LoadingModel"
+    RESTARTING = "Restarting"
+    UNKNOWN = "Unknown"
+    # success
+    READY = "Ready"
+    # FAILED
+    IMAGE_PULL_ERROR = "ImagePullError"  # also INITIALIZING within the grace
+    MISSING_SECRET = "MissingSecret"
+    CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+    CONTAINER_CREATE_ERROR = "ContainerCreateError"  # also INITIALIZING within the grace
+    CRASH_LOOP = "CrashLoop"
+    OOM_KILLED = "OOMKilled"
+    STARTUP_TIMEOUT = "StartupTimeout"
+    INIT_CONTAINER_FAILED = "InitContainerFailed"
+    SERVER_EXITED = "ServerExited"
+    # FAILED when nim-agent deleted the pod, RETRYABLE_FAILED otherwise
+    POD_DELETED = "PodDeleted"
+    # RETRYABLE_FAILED
+    EVICTED = "Evicted"
+    PREEMPTED = "Preempted"
+    NODE_LOST = "NodeLost"
+    ADMISSION_REJECTED = "AdmissionRejected"
+
+
+_TERMINAL = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.RETRYABLE_FAILED})
+
+
+def is_terminal(phase: Phase) -> bool:
+    """True when Flyte stops polling after this phase (SUCCEEDED, FAILED, RETRYABLE_FAILED)."""
+    return phase in _TERMINAL
+
+
+def flyte_phase(phase: Phase) -> int:
+    """The flyteidl ``TaskExecution.Phase`` value: ``flyte_phase(Phase.RUNNING) == 2``.
+
+    flyteidl is imported here, not at module level, so that importing this module stays cheap.
+    """
+    from flyteidl.core.execution_pb2 import TaskExecution
+
+    return int(TaskExecution.Phase.Value(phase.value))
+
+
+@dataclass(frozen=True)
+class StatusPolicy:
+    """Thresholds of `classify`; the connector builds one from its settings and the NIM config.
+
+    Example: ``StatusPolicy(startup_timeout=timedelta(seconds=30 + 10 * 120))``.
+    """
+
+    #: FAILED once a container has restarted this many times (kubelet restarts crashing servers).
+    crashloop_restart_threshold: int = 3
+    #: FAILED when the pod has no node this long after its creation (not for gated pods).
+    unschedulable_timeout: timedelta = timedelta(minutes=15)
+    #: FAILED when the server container has run this long without becoming ready. The caller
+    #: derives it from the startup probe (initial delay + period * failure threshold).
+    startup_timeout: timedelta = timedelta(minutes=30)
+    #: ErrImagePull / ImagePullBackOff is tolerated this long (registry hiccups, rate limits):
+    #: kubelet retries after 10s, 20s, 40s, 80s, so 2 minutes is three or four attempts, and
+    #: about four of Flyte's 30-second polls. Permanent errors (not found, denied) fail at once.
+    image_pull_grace: timedelta = timedelta(minutes=2)
+    #: CreateContainerError / RunContainerError is tolerated this long (runtime timeouts).
+    container_error_grace: timedelta = timedelta(minutes=2)
+
+
+@dataclass(frozen=True)
+class LogRequest:
+    """Which log would explain a failure: fetch its tail and call `classify` again with it."""
+
+    container: str
+    previous: bool  # the log of the previous (crashed) instance of the container
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The verdict on one pod: what Flyte is told, and what metrics and logs record."""
+
+    phase: Phase
+    message: str
+    reason: Reason
+    outputs: dict[str, str] | None = None  # {"endpoint": ...} on SUCCEEDED, None otherwise
+    custom_info: dict[str, Any] = field(default_factory=dict)  # JSON-safe: pod, node, timings
+    log_request: LogRequest | None = None  # set on failures a log would explain
+
+    @property
+    def retryable(self) -> bool:
+        """True when Flyte may retry the task with a fresh pod."""
+        return self.phase is Phase.RETRYABLE_FAILED
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the pod: every accessor tolerates absent or mistyped fields.
+
+
+def _map(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _maps(value: object) -> list[Mapping[str, Any]]:
+    if not isinstance(value, list | tuple):
+        return []
+    return [item for item in value if isinstance(item, Mapping)]
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _text(value: object) -> str:
+    """A message from the API, without the trailing period: ours are appended after it."""
+    return _str(value).strip().rstrip(".").rstrip()
+
+
+def _int(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _time(value: object) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
+
+
+def _duration(delta: timedelta | None) -> str:
+    """`3m12s`, `45s`, `1h5m`: compact, whole seconds, never negative."""
+    seconds = max(0, int(delta.total_seconds())) if delta is not None else 0
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    if minutes:
+        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
+    return f"{secs}s"
+
+
+@dataclass(frozen=True)
+class _Termination:
+    exit_code: int | None
+    reason: str
+    message: str
+    signal: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @staticmethod
+    def parse(state: Mapping[str, Any]) -> _Termination | None:
+        raw = state.get("terminated")
+        if not isinstance(raw, Mapping):
+            return None
+        return _Termination(
+            exit_code=_int(raw.get("exitCode")),
+            reason=_str(raw.get("reason")),
+            message=_text(raw.get("message")),
+            signal=_int(raw.get("signal")),
+            started_at=_time(raw.get("startedAt")),
+            finished_at=_time(raw.get("finishedAt")),
+        )
+
+    def describe(self) -> str:
+        """`exit code 1 (Error)`."""
+        parts = []
+        if self.exit_code is not None:
+            parts.append(f"exit code {self.exit_code}")
+        if self.signal is not None:
+            parts.append(f"signal {self.signal}")
+        text = ", ".join(parts) or "unknown exit code"
+        return f"{text} ({self.reason})" if self.reason else text
+
+    @property
+    def failed(self) -> bool:
+        return self.exit_code != 0 or self.reason not in ("", "Completed")
+
+
+@dataclass(frozen=True)
+class _Container:
+    name: str
+    image: str
+    init: bool
+    sidecar: bool  # an init container with restartPolicy Always runs beside the server
+    memory_limit: str
+    restart_count: int
+    ready: bool
+    waiting_reason: str
+    waiting_message: str
+    running_since: datetime | None
+    terminated: _Termination | None
+    last_terminated: _Termination | None
+
+    @property
+    def kind(self) -> str:
+        return "init container" if self.init else "container"
+
+    @property
+    def field_path(self) -> str:
+        return f"spec.{'initContainers' if self.init else 'containers'}{{{self.name}}}"
+
+    @property
+    def is_lora_downloader(self) -> bool:
+        return self.init and "lora" in self.name.lower()
+
+    @property
+    def oom_killed(self) -> bool:
+        return any(t is not None and t.reason == "OOMKilled" for t in self._terminations)
+
+    @property
+    def latest_termination(self) -> _Termination | None:
+        return self.terminated or self.last_terminated
+
+    @property
+    def _terminations(self) -> tuple[_Termination | None, _Termination | None]:
+        return (self.terminated, self.last_terminated)
+
+
+def _containers(pod: Mapping[str, Any], *, init: bool) -> list[_Container]:
+    spec_key, status_key = (
+        ("initContainers", "initContainerStatuses") if init else ("containers", "containerStatuses")
+    )
+    specs = {_str(c.get("name")): c for c in _maps(_map(pod.get("spec")).get(spec_key))}
+    statuses = {_str(s.get("name")): s for s in _maps(_map(pod.get("status")).get(status_key))}
+    names = list(specs) + [name for name in statuses if name not in specs]
+    result = []
+    for name in names:
+        spec, status = specs.get(name, {}), statuses.get(name, {})
+        state, last = _map(status.get("state")), _map(status.get("lastState"))
+        waiting, running = _map(state.get("waiting")), _map(state.get("running"))
+        limits = _map(_map(spec.get("resources")).get("limits"))
+        result.append(
+            _Container(
+                name=name or "?",
+                image=_str(status.get("image")) or _str(spec.get("image")),
+                init=init,
+                sidecar=init and spec.get("restartPolicy") == "Always",
+                memory_limit=_str(limits.get("memory")),
+                restart_count=_int(status.get("restartCount")) or 0,
+                ready=status.get("ready") is True,
+                waiting_reason=_str(waiting.get("reason")),
+                waiting_message=_text(waiting.get("message")),
+                running_since=_time(running.get("startedAt")) if "running" in state else None,
+                terminated=_Termination.parse(state),
+                last_terminated=_Termination.parse(last),
+            )
+        )
+    return result
+
+
+@dataclass(frozen=True)
+class _Event:
+    reason: str
+    message: str
+    type: str
+    field_path: str
+    first: datetime | None
+    last: datetime | None
+
+
+def _events(
+    raw: Sequence[Mapping[str, Any]], pod_uid: str, created: datetime | None
+) -> list[_Event]:
+    result = []
+    for item in raw or ():
+        event = _map(item)
+        involved = _map(event.get("involvedObject") or event.get("regarding"))
+        uid = _str(involved.get("uid"))
+        if uid and pod_uid and uid != pod_uid:
+            continue  # an older pod of the same name
+        series = _map(event.get("series"))
+        first = _time(event.get("firstTimestamp")) or _time(event.get("eventTime"))
+        last = (
+            _time(event.get("lastTimestamp"))
+            or _time(series.get("lastObservedTime"))
+            or _time(event.get("deprecatedLastTimestamp"))
+            or first
+            or _time(_map(event.get("metadata")).get("creationTimestamp"))
+        )
+        if created and last and last < created:
+            continue
+        result.append(
+            _Event(
+                reason=_str(event.get("reason")),
+                message=_text(event.get("message")) or _text(event.get("note")),
+                type=_str(event.get("type")),
+                field_path=_str(involved.get("fieldPath")),
+                first=first or last,
+                last=last,
+            )
+        )
+    # oldest first; events without any time sort first, so they never hide a dated one
+    epoch = datetime.min.replace(tzinfo=UTC)
+    return sorted(result, key=lambda e: e.last or epoch)
+
+
+@dataclass(frozen=True)
+class _Pod:
+    """The facts `classify` needs, read once from the pod dict."""
+
+    name: str
+    namespace: str
+    uid: str
+    node: str
+    pod_ip: str
+    phase: str
+    status_reason: str
+    status_message: str
+    nominated_node: str
+    created: datetime | None
+    deleting: datetime | None
+    conditions: Mapping[str, Mapping[str, Any]]
+    scheduling_gates: list[str]
+    init_containers: list[_Container]
+    containers: list[_Container]
+    events: list[_Event]
+    now: datetime
+
+    @staticmethod
+    def parse(pod: Mapping[str, Any], events: Sequence[Mapping[str, Any]], now: datetime) -> _Pod:
+        meta, spec, status = (
+            _map(pod.get("metadata")),
+            _map(pod.get("spec")),
+            _map(pod.get("status")),
+        )
+        created = _time(meta.get("creationTimestamp"))
+        uid = _str(meta.get("uid"))
+        return _Pod(
+            name=_str(meta.get("name")),
+            namespace=_str(meta.get("namespace")),
+            uid=uid,
+            node=_str(spec.get("nodeName")),
+            pod_ip=_str(status.get("podIP")),
+            phase=_str(status.get("phase")),
+            status_reason=_str(status.get("reason")),
+            status_message=_text(status.get("message")),
+            nominated_node=_str(status.get("nominatedNodeName")),
+            created=created,
+            deleting=_time(meta.get("deletionTimestamp")),
+            conditions={_str(c.get("type")): c for c in _maps(status.get("conditions"))},
+            scheduling_gates=[
+                _str(g.get("name")) for g in _maps(spec.get("schedulingGates")) if g.get("name")
+            ],
+            init_containers=_containers(pod, init=True),
+            containers=_containers(pod, init=False),
+            events=_events(events, uid, created),
+            now=now if now.tzinfo else now.replace(tzinfo=UTC),
+        )
+
+    def condition(self, kind: str) -> tuple[str, str, str, datetime | None]:
+        """(status, reason, message, lastTransitionTime) of a condition; status "" if absent."""
+        cond = self.conditions.get(kind, {})
+        return (
+            _str(cond.get("status")),
+            _str(cond.get("reason")),
+            _text(cond.get("message")),
+            _time(cond.get("lastTransitionTime")),
+        )
+
+    def since(self, start: datetime | None) -> timedelta | None:
+        return self.now - start if start else None
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        status, _, _, at = self.condition("PodScheduled")
+        return at if status == "True" else None
+
+    @property
+    def ready_at(self) -> datetime | None:
+        status, _, _, at = self.condition("Ready")
+        return at if status == "True" else None
+
+    @property
+    def main(self) -> _Container | None:
+        """The NIM server: the first regular container (the renderer puts it first)."""
+        return self.containers[0] if self.containers else None
+
+    def last_event(self, *reasons: str, container: _Container | None = None) -> _Event | None:
+        for event in reversed(self.events):
+            if event.reason in reasons and (
+                container is None or event.field_path in ("", container.field_path)
+            ):
+                return event
+        return None
+
+    def first_event(self, *reasons: str, container: _Container | None = None) -> _Event | None:
+        for event in self.events:
+            if event.reason in reasons and (
+                container is None or event.field_path in ("", container.field_path)
+            ):
+                return event
+        return None
+
+    def last_warning(self, after: datetime | None) -> _Event | None:
+        """The latest kubelet-side warning since `after` (the scheduler's are history by then)."""
+        for event in reversed(self.events):
+            if event.type != "Warning" or event.reason == "FailedScheduling":
+                continue
+            if after is None or event.last is None or event.last >= after:
+                return event
+        return None
+
+    def failing_since(self, container: _Container) -> datetime | None:
+        """When kubelet first reported a failure for the container, else when it was scheduled."""
+        event = self.first_event("Failed", container=container)
+        return (event.first if event else None) or self.scheduled_at or self.created
+
+
+def _custom_info(pod: _Pod) -> dict[str, Any]:
+    main = pod.main
+    created, scheduled, ready = pod.created, pod.scheduled_at, pod.ready_at
+    init_status, _, _, init_at = pod.condition("Initialized")
+    info: dict[str, Any] = {
+        "pod": pod.name,
+        "namespace": pod.namespace,
+        "node": pod.node,
+        "pod_ip": pod.pod_ip,
+        "pod_phase": pod.phase,
+        "created_at": _iso(created),
+        "scheduled_at": _iso(scheduled),
+        "initialized_at": _iso(init_at) if init_status == "True" else None,
+        "started_at": _iso(main.running_since) if main else None,
+        "ready_at": _iso(ready),
+        "time_to_schedule_s": _seconds(created, scheduled),
+        "time_to_ready_s": _seconds(created, ready),
+        "restarts": {c.name: c.restart_count for c in pod.init_containers + pod.containers},
+    }
+    return {key: value for key, value in info.items() if value not in (None, "", {})}
+
+
+def _seconds(start: datetime | None, end: datetime | None) -> float | None:
+    return round((end - start).total_seconds(), 3) if start and end else None
+
+
+# ---------------------------------------------------------------------------------------------
+# The rules. Each returns a verdict or None (not mine); `classify` takes the first verdict.
+
+
+@dataclass(frozen=True)
+class _Context:
+    pod: _Pod
+    policy: StatusPolicy
+    endpoint: str
+    log_tail: str | None
+    deletion_cause: str | None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    phase: Phase
+    reason: Reason
+    message: str
+    log_request: LogRequest | None = None
+
+
+_LOG_TAIL_LINES = 20
+_LOG_TAIL_CHARS = 2000
+
+
+def _with_log(message: str, ctx: _Context) -> str:
+    if not ctx.log_tail or not ctx.log_tail.strip():
+        return message
+    lines = ctx.log_tail.rstrip().splitlines()[-_LOG_TAIL_LINES:]
+    tail = "\n".join(lines)[-_LOG_TAIL_CHARS:]
+    return f"{message}\nLast log lines:\n{tail}"
+
+
+def _retryable(reason: Reason, message: str) -> _Verdict:
+    return _Verdict(Phase.RETRYABLE_FAILED, reason, f"{message}; Flyte may retry with a new pod.")
+
+
+def _deleted_by_us(ctx: _Context) -> _Verdict | None:
+    if ctx.deletion_cause is None:
+        return None
+    return _Verdict(
+        Phase.FAILED,
+        Reason.POD_DELETED,
+        f"The NIM pod was deleted by nim-agent ({ctx.deletion_cause}) before the task finished.",
+    )
+
+
+# DisruptionTarget condition reasons (k8s.io/api/core/v1), ours to retry.
+_DISRUPTIONS: Mapping[str, tuple[Reason, str]] = {
+    "PreemptionByScheduler": (
+        Reason.PREEMPTED,
+        "preempted by the scheduler for a higher-priority pod",
+    ),
+    "PreemptionByKubeScheduler": (Reason.PREEMPTED, "preempted by the scheduler"),
+    "DeletionByTaintManager": (
+        Reason.EVICTED,
+        "evicted by a NoExecute taint on its node (often: node not ready or unreachable)",
+    ),
+    "EvictionByEvictionAPI": (Reason.EVICTED, "evicted through the Eviction API (node drain)"),
+    "DeletionByPodGC": (
+        Reason.NODE_LOST,
+        "deleted by the pod garbage collector (its node is gone)",
+    ),
+    "TerminationByKubelet": (
+        Reason.EVICTED,
+        "terminated by the kubelet (node pressure eviction or node shutdown)",
+    ),
+}
+
+
+def _disrupted(ctx: _Context) -> _Verdict | None:
+    pod = ctx.pod
+    status, reason, message, _ = pod.condition("DisruptionTarget")
+    where = f" on node {pod.node}" if pod.node else ""
+    if status == "True":
+        token, text = _DISRUPTIONS.get(
+            reason, (Reason.EVICTED, f"disrupted ({reason or 'no reason given'})")
+        )
+        detail = f": {message}" if message else ""
+        return _retryable(token, f"The NIM pod was {text}{where}{detail}")
+    if pod.deleting is None:
+        return None
+    hint = pod.last_event("Preempted", "Evicted", "NodeNotReady", "NodeControllerEviction")
+    if hint and hint.reason == "Preempted":
+        return _retryable(Reason.PREEMPTED, f"The NIM pod was preempted{where}: {hint.message}")
+    if hint and hint.reason == "Evicted":
+        return _retryable(Reason.EVICTED, f"The NIM pod was evicted{where}: {hint.message}")
+    if hint:
+        return _retryable(
+            Reason.NODE_LOST, f"The NIM pod{where} is being deleted: its node is not ready"
+        )
+    return _retryable(
+        Reason.POD_DELETED,
+        f"The NIM pod is being deleted{where}, not by nim-agent (by someone, or with its "
+        "namespace)",
+    )
+
+
+# Pod-level reasons of a Failed pod that are the node's fault, not the configuration's.
+_NODE_LOST_REASONS = frozenset({"NodeLost", "Shutdown", "Terminated", "NodeShutdown"})
+_ADMISSION_REASONS = frozenset(
+    {"UnexpectedAdmissionError", "NodeAffinity", "NodeSelectorMismatching", "Preempting"}
+)
+
+
+def _pod_failed(ctx: _Context) -> _Verdict | None:
+    pod = ctx.pod
+    if pod.phase != "Failed":
+        return None
+    where = f" on node {pod.node}" if pod.node else ""
+    detail = f": {pod.status_message}" if pod.status_message else ""
+    reason = pod.status_reason
+    evicted_event = pod.last_event("Evicted")
+    if reason == "Evicted" or (not reason and evicted_event):
+        detail = detail or (f": {evicted_event.message}" if evicted_event else "")
+        return _retryable(Reason.EVICTED, f"The NIM pod was evicted{where}{detail}")
+    if reason in _NODE_LOST_REASONS:
+        return _retryable(
+            Reason.NODE_LOST, f"The NIM pod's node was lost or shut down ({reason}){where}{detail}"
+        )
+    if reason.startswith("OutOf") or reason in _ADMISSION_REASONS:
+        return _retryable(
+            Reason.ADMISSION_REJECTED, f"The kubelet{where} rejected the NIM pod ({reason}){detail}"
+        )
+    verdict = _init_failure(ctx, final=True) or _container_failure(ctx, final=True)
+    if verdict:
+        return verdict
+    return _Verdict(
+        Phase.FAILED,
+        Reason.SERVER_EXITED,
+        f"The NIM pod failed ({reason or 'no reason given'}){where}{detail}.",
+    )
+
+
+def _pod_succeeded(ctx: _Context) -> _Verdict | None:
+    if ctx.pod.phase != "Succeeded":
+        return None
+    main = ctx.pod.main
+    name = main.name if main else "the server container"
+    return _Verdict(
+        Phase.FAILED,
+        Reason.SERVER_EXITED,
+        _with_log(
+            f"The NIM server (container {name}) exited with code 0, but a server must keep "
+            "running: check the image's command, args and env.",
+            ctx,
+        ),
+        LogRequest(main.name, previous=False) if main else None,
+    )
+
+
+def _node_lost(ctx: _Context) -> _Verdict | None:
+    pod = ctx.pod
+    where = f"node {pod.node}" if pod.node else "its node"
+    if pod.phase == "Unknown":
+        return _retryable(
+            Reason.NODE_LOST, f"The NIM pod's state is Unknown: {where} stopped reporting"
+        )
+    if pod.status_reason == "NodeLost":
+        return _retryable(
+            Reason.NODE_LOST, f"The NIM pod was lost with {where}: {pod.status_message}"
+        )
+    status, reason, _, since = pod.condition("Ready")
+    if status == "True":
+        return None
+    event = pod.last_event("NodeNotReady")
+    # The node controller marks Ready False and records NodeNotReady; an older event is history.
+    if reason == "NodeNotReady" or (event and (since is None or (event.last or since) >= since)):
+        return _retryable(Reason.NODE_LOST, f"The NIM pod's {where} is not ready")
+    return None
+
+
+def _ready(ctx: _Context) -> _Verdict | None:
+    pod = ctx.pod
+    if pod.condition("Ready")[0] != "True":
+        return None
+    took = f" after {_duration(pod.ready_at - pod.created)}" if pod.ready_at and pod.created else ""
+    restarts = sum(c.restart_count for c in pod.containers)
+    note = f" ({restarts} container restart{'s' if restarts != 1 else ''})" if restarts else ""
+    return _Verdict(
+        Phase.SUCCEEDED, Reason.READY, f"NIM server ready at {ctx.endpoint}{took}{note}."
+    )
+
+
+def _unscheduled(ctx: _Context) -> _Verdict | None:
+    pod = ctx.pod
+    if pod.node:
+        return None
+    status, reason, message, _ = pod.condition("PodScheduled")
+    if status == "True":
+        return None  # bound, nodeName not seen yet: let the later rules describe it
+    waited = pod.since(pod.created)
+    if reason == "SchedulingGated" or (pod.scheduling_gates and status != "False"):
+        gates = ", ".join(pod.scheduling_gates) or "scheduling gates"
+        return _Verdict(
+            Phase.WAITING_FOR_RESOURCES,
+            Reason.SCHEDULING_GATED,
+            f"Waiting in a queue, {_duration(waited)}: held by {gates}.",
+        )
+    timeout = ctx.policy.unschedulable_timeout
+    if status == "False":
+        event = pod.last_event("FailedScheduling")
+        why = message or (event.message if event else "") or "the scheduler gave no details"
+        if pod.nominated_node:
+            why += f" (preempting lower-priority pods on node {pod.nominated_node})"
+        if waited is not None and waited >= timeout:
+            return _Verdict(
+                Phase.FAILED,
+                Reason.UNSCHEDULABLE,
+                f"No node could take the NIM pod within {_duration(timeout)} "
+                f"(waited {_duration(waited)}): {why}. Lower gpu/mem/cpu or check the node "
+                "selector, tolerations and affinity.",
+            )
+        return _Verdict(
+            Phase.WAITING_FOR_RESOURCES,
+            Reason.UNSCHEDULABLE,
+            f"Waiting for a node, {_duration(waited)} (gives up after {_duration(timeout)}): {why}",
+        )
+    if waited is not None and waited >= timeout:
+        return _Verdict(
+            Phase.FAILED,
+            Reason.UNSCHEDULABLE,
+            f"No scheduler placed the NIM pod within {_duration(timeout)}: check that the "
+            "scheduler named in spec.schedulerName is running.",
+        )
+    return _Verdict(Phase.QUEUED, Reason.QUEUED, f"Waiting for the scheduler, {_duration(waited)}.")
+
+
+def _oom(ctx: _Context, container: _Container) -> _Verdict:
+    limit = f" of {container.memory_limit}" if container.memory_limit else ""
+    knob = "lora_adapter_mem" if container.is_lora_downloader else "mem"
+    reason = Reason.INIT_CONTAINER_FAILED if container.init else Reason.OOM_KILLED
+    return _Verdict(
+        Phase.FAILED,
+        reason,
+        _with_log(
+            f"The NIM {container.kind} {container.name} was killed for exceeding its memory "
+            f"limit{limit} (OOMKilled, exit code 137): raise `{knob}`.",
+            ctx,
+        ),
+        LogRequest(container.name, previous=container.terminated is None),
+    )
+
+
+def _init_failure(ctx: _Context, *, final: bool) -> _Verdict | None:
+    """An init container that failed `threshold` times (or once, when the pod has failed)."""
+    threshold = ctx.policy.crashloop_restart_threshold
+    for container in ctx.pod.init_containers:
+        term = container.latest_termination
+        if term is None or not term.failed:
+            continue
+        if container.oom_killed:
+            return _oom(ctx, container)
+        if final or container.restart_count >= threshold:
+            if container.is_lora_downloader:
+                hint = (
+                    "check hf_repo_ids (each an existing Hugging Face repository holding "
+                    "adapter_config.json and adapter_model.safetensors) and the HF token "
+                    "(NIMSecrets hf_token_group / hf_token_key)"
+                )
+            else:
+                hint = "check its log"
+            detail = f": {term.message}" if term.message else ""
+            restarts = (
+                f" after {container.restart_count} restarts" if container.restart_count else ""
+            )
+            return _Verdict(
+                Phase.FAILED,
+                Reason.INIT_CONTAINER_FAILED,
+                _with_log(
+                    f"Init container {container.name} failed{restarts} with {term.describe()}"
+                    f"{detail}; {hint}.",
+                    ctx,
+                ),
+                LogRequest(container.name, previous=container.terminated is None),
+            )
+    return None
+
+
+def _init_containers(ctx: _Context) -> _Verdict | None:
+    pod = ctx.pod
+    failure = _init_failure(ctx, final=False)
+    if failure:
+        return failure
+    if pod.condition("Initialized")[0] == "True":
+        return None
+    for container in pod.init_containers:
+        if container.sidecar and container.running_since:
+            continue
+        problem = _waiting_problem(ctx, container)
+        if problem:
+            return problem
+        if container.terminated and not container.terminated.failed:
+            continue  # done
+        term = container.latest_termination
+        if container.running_since is None and term is not None and term.failed:
+            return _Verdict(
+                Phase.INITIALIZING,
+                Reason.RESTARTING,
+                f"Init container {container.name} failed with {term.describe()}; kubelet retries "
+                f"(restart {container.restart_count}, FAILED at "
+                f"{ctx.policy.crashloop_restart_threshold}).",
+            )
+        if container.running_since:
+            ran = _duration(pod.since(container.running_since))
+            if container.is_lora_downloader:
+                text = (
+                    f"Downloading LoRA adapters (init container {container.name} running, {ran})."
+                )
+            else:
+                text = f"Running init container {container.name}, {ran}."
+            return _Verdict(Phase.INITIALIZING, Reason.INIT_CONTAINER_RUNNING, text)
+        return _creating(ctx, container)
+    return None
+
+
+# Registry answers that retrying will not change (lower-cased substrings of the kubelet message).
+_PERMANENT_PULL_ERRORS = (
+    "not found",
+    "manifest unknown",
+    "unauthorized",
+    "authentication required",
+    "denied",
+    "forbidden",
+    "invalid reference format",
+    "repository does not exist",
+    "401",
+    "403",
+    "404",
+)
+_PULL_WAITING = frozenset(
+    {"ErrImagePull", "ImagePullBackOff", "RegistryUnavailable", "ImageInspectError"}
+)
+_PULL_PERMANENT_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
+_CREATE_WAITING = frozenset({"CreateContainerError", "RunContainerError"})
+
+
+def _waiting_problem(ctx: _Context, container: _Container) -> _Verdict | None:
+    """Image pull, config and create errors of a waiting container (init or regular)."""
+    pod, waiting = ctx.pod, container.waiting_reason
+    if waiting in _PULL_WAITING or waiting in _PULL_PERMANENT_WAITING:
+        return _pull_error(ctx, container)
+    if waiting == "CreateContainerConfigError":
+        text = container.waiting_message or "no message"
+        if "secret" in text.lower():
+            return _Verdict(
+                Phase.FAILED,
+                Reason.MISSING_SECRET,
+                f"Cannot start {container.kind} {container.name}: {text}. Create the Secret in "
+                f"namespace {pod.namespace or '?'} or fix NIMSecrets (ngc_secret_group / "
+                "ngc_secret_key, hf_token_group / hf_token_key).",
+            )
+        return _Verdict(
+            Phase.FAILED,
+            Reason.CONTAINER_CONFIG_ERROR,
+            f"Cannot start {container.kind} {container.name}: {text} (CreateContainerConfigError).",
+        )
+    if waiting in _CREATE_WAITING:
+        text = container.waiting_message or "no message"
+        failing = pod.since(pod.failing_since(container))
+        grace = ctx.policy.container_error_grace
+        if failing is not None and failing >= grace:
+            return _Verdict(
+                Phase.FAILED,
+                Reason.CONTAINER_CREATE_ERROR,
+                f"The runtime could not start {container.kind} {container.name} for "
+                f"{_duration(failing)} ({waiting}): {text}.",
+            )
+        return _Verdict(
+            Phase.INITIALIZING,
+            Reason.CONTAINER_CREATE_ERROR,
+            f"Starting {container.kind} {container.name} failed ({waiting}), kubelet retries "
+            f"(FAILED after {_duration(grace)}): {text}.",
+        )
+    return None
+
+
+def _pull_error(ctx: _Context, container: _Container) -> _Verdict:
+    pod, waiting = ctx.pod, container.waiting_reason
+    failed = pod.last_event("Failed", container=container)
+    # ImagePullBackOff says only "Back-off pulling image"; the registry's answer is in ErrImagePull
+    # or the kubelet's Failed event.
+    registry = container.waiting_message
+    if waiting != "ErrImagePull" and failed and failed.message:
+        registry = failed.message
+    secret_event = pod.last_event("FailedToRetrieveImagePullSecret")
+    secret_note = f" ({secret_event.message})" if secret_event else ""
+    image = container.image or "?"
+    text = (
+        f"Cannot pull image {image} for {container.kind} {container.name} ({waiting}): "
+        f"{registry or 'no message'}{secret_note}. Check the image name and tag, and that "
+        "ngc_image_secret names a docker-registry Secret with access to the registry."
+    )
+    permanent = waiting in _PULL_PERMANENT_WAITING or any(
+        marker in registry.lower() for marker in _PERMANENT_PULL_ERRORS
+    )
+    failing = pod.since(pod.failing_since(container))
+    grace = ctx.policy.image_pull_grace
+    if permanent or (failing is not None and failing >= grace):
+        return _Verdict(Phase.FAILED, Reason.IMAGE_PULL_ERROR, text)
+    return _Verdict(
+        Phase.INITIALIZING,
+        Reason.IMAGE_PULL_ERROR,
+        f"{text} Retrying, {_duration(failing)} (FAILED after {_duration(grace)}).",
+    )
+
+
+def _startup_probe_kill(pod: _Pod, container: _Container) -> _Event | None:
+    killing = pod.last_event("Killing", container=container)
+    if killing and "startup probe" in killing.message.lower():
+        return killing
+    return None
+
+
+def _container_failure(ctx: _Context, *, final: bool) -> _Verdict | None:
+    """OOM, startup probe kill or crash loop of a regular container (or any exit, if final)."""
+    pod, threshold = ctx.pod, ctx.policy.crashloop_restart_threshold
+    for container in pod.containers:
+        term = container.latest_termination
+        if term is None:
+            continue
+        log = LogRequest(container.name, previous=container.terminated is None)
+        if container.oom_killed:
+            return _oom(ctx, container)
+        if _startup_probe_kill(pod, container):
+            probe = pod.last_event("Unhealthy", container=container)
+            detail = f" (last probe: {probe.message})" if probe else ""
+            return _Verdict(
+                Phase.FAILED,
+                Reason.STARTUP_TIMEOUT,
+                _with_log(
+                    f"The NIM server (container {container.name}) did not pass its startup probe "
+                    f"in time and was restarted by the kubelet{detail}: raise "
+                    "startup_failure_threshold if the model needs longer to load.",
+                    ctx,
+                ),
+                log,
+            )
+        if container.restart_count >= threshold or (final and term.failed):
+            detail = f": {term.message}" if term.message else ""
+            liveness = pod.last_event("Killing", container=container)
+            killed = (
+                " (killed by its liveness probe)"
+                if liveness and "liveness probe" in liveness.message.lower()
+                else ""
+            )
+            if container.restart_count < threshold:  # the pod failed: no restart will come
+                reason = Reason.SERVER_EXITED
+                head = f"Container {container.name} exited with {term.describe()}{killed}{detail}."
+            else:
+                reason = Reason.CRASH_LOOP
+                head = (
+                    f"Container {container.name} is crash-looping: {container.restart_count} "
+                    f"restarts, last {term.describe()}{killed}{detail}."
+                )
+            return _Verdict(Phase.FAILED, reason, _with_log(head, ctx), log)
+    return None
+
+
+def _containers_failing(ctx: _Context) -> _Verdict | None:
+    for container in ctx.pod.containers:
+        problem = _waiting_problem(ctx, container)
+        if problem:
+            return problem
+    return _container_failure(ctx, final=False)
+
+
+def _main_running(ctx: _Context) -> _Verdict | None:
+    pod, main = ctx.pod, ctx.pod.main
+    if main is None:
+        return None
+    last = main.latest_termination
+    if main.running_since is None:
+        if last is not None and (main.restart_count > 0 or main.terminated is not None):
+            return _Verdict(
+                Phase.RUNNING,
+                Reason.RESTARTING,
+                f"Container {main.name} exited with {last.describe()}; kubelet restarts it "
+                f"(restart {main.restart_count}, FAILED at "
+                f"{ctx.policy.crashloop_restart_threshold}).",
+            )
+        return None
+    running = pod.since(main.running_since)
+    timeout = ctx.policy.startup_timeout
+    if running is not None and running >= timeout:
+        probe = pod.last_event("Unhealthy", container=main)
+        detail = f"; last probe: {probe.message}" if probe else ""
+        return _Verdict(
+            Phase.FAILED,
+            Reason.STARTUP_TIMEOUT,
+            _with_log(
+                f"Startup window exceeded: the NIM server (container {main.name}) has run for "
+                f"{_duration(running)} without becoming ready (window {_duration(timeout)}"
+                f"{detail}). Raise startup_failure_threshold if the model needs longer to load.",
+                ctx,
+            ),
+            LogRequest(main.name, previous=False),
+        )
+    note = ""
+    if main.restart_count and last:
+        note = f"; restarted {main.restart_count}x, last {last.describe()}"
+    elif main.ready:
+        note = "; container ready, waiting for the pod's readiness gates"
+    return _Verdict(
+        Phase.RUNNING,
+        Reason.LOADING_MODEL,
+        f"Loading model, {_duration(running)} (startup window {_duration(timeout)}{note}).",
+    )
+
+
+def _creating(ctx: _Context, container: _Container) -> _Verdict:
+    """A scheduled container that has not started: pulling its image, or being created."""
+    pod = ctx.pod
+    pulling = pod.last_event("Pulling", container=container)
+    pulled = pod.last_event("Pulled", container=container)
+    warning = pod.last_warning(after=pod.scheduled_at)
+    note = f"; last warning: {warning.reason}: {warning.message}" if warning else ""
+    if pulling and (pulled is None or (pulled.last or pod.now) < (pulling.last or pod.now)):
+        took = _duration(pod.since(pulling.first))
+        return _Verdict(
+            Phase.INITIALIZING,
+            Reason.PULLING_IMAGE,
+            f"Pulling image {container.image or '?'} for {container.kind} {container.name}, "
+            f"{took}{note}.",
+        )
+    since = pod.since(pod.scheduled_at)
+    where = f" on node {pod.node}" if pod.node else ""
+    waiting = f" ({container.waiting_reason})" if container.waiting_reason else ""
+    return _Verdict(
+        Phase.INITIALIZING,
+        Reason.CONTAINER_CREATING,
+        f"Creating {container.kind} {container.name}{where}{waiting}, {_duration(since)} since "
+        f"scheduling{note}.",
+    )
+
+
+def _main_creating(ctx: _Context) -> _Verdict | None:
+    main = ctx.pod.main
+    if main is None or not ctx.pod.node:
+        return None
+    return _creating(ctx, main)
+
+
+def _fallback(ctx: _Context) -> _Verdict:
+    pod = ctx.pod
+    started = any(c.running_since or c.latest_termination for c in pod.containers)
+    seen = ", ".join(
+        f"{label} {value}"
+        for label, value in (
+            ("phase", pod.phase),
+            ("reason", pod.status_reason),
+            ("node", pod.node),
+        )
+        if value
+    )
+    return _Verdict(
+        Phase.RUNNING if started else Phase.INITIALIZING,
+        Reason.UNKNOWN,
+        f"NIM pod state not recognised yet ({seen or 'no status reported'}).",
+    )
+
+
+_Rule = Callable[[_Context], _Verdict | None]
+
+_RULES: tuple[_Rule, ...] = (
+    _deleted_by_us,
+    _disrupted,
+    _pod_failed,
+    _pod_succeeded,
+    _node_lost,
+    _ready,
+    _unscheduled,
+    _init_containers,
+    _containers_failing,
+    _main_running,
+    _main_creating,
+)
+
+
+def classify(
+    pod: Mapping[str, Any] | None,
+    *,
+    events: Sequence[Mapping[str, Any]] = (),
+    now: datetime,
+    policy: StatusPolicy,
+    endpoint: str,
+    log_tail: str | None = None,
+    deletion_cause: str | None = None,
+) -> Classification:
+    """Map a NIM pod (and its events) to a Flyte phase, a message and metrics reason.
+
+    `pod` None means the pod no longer exists (confirm with a direct read, not only the cache).
+    `deletion_cause` is set when nim-agent itself deleted, or is deleting, the deployment (e.g.
+    "ttl expired", "teardown", "failure cleanup"): the result is then FAILED, never retryable.
+    `log_tail` is the tail of the log named by a previous result's `log_request`; it is appended
+    to the message of failures. `endpoint` becomes the output of SUCCEEDED.
+
+    Example::
+
+        result = classify(pod, events=events, now=datetime.now(UTC), policy=StatusPolicy(),
+                          endpoint="http://llama.flyte.svc.cluster.local:8000")
+        if result.log_request: ...  # read that log, classify again with log_tail=...
+    """
+    if pod is None:
+        if deletion_cause is not None:
+            message = f"The NIM pod was deleted by nim-agent ({deletion_cause})."
+            return Classification(Phase.FAILED, message, Reason.POD_DELETED)
+        return Classification(
+            Phase.RETRYABLE_FAILED,
+            "The NIM pod no longer exists and nim-agent did not delete it (deleted by someone, "
+            "with its namespace, or by a node drain); Flyte may retry with a new pod.",
+            Reason.POD_DELETED,
+        )
+    facts = _Pod.parse(_map(pod), events, now)
+    ctx = _Context(facts, policy, endpoint, log_tail, deletion_cause)
+    verdict = next((v for rule in _RULES if (v := rule(ctx)) is not None), None) or _fallback(ctx)
+    return Classification(
+        phase=verdict.phase,
+        message=verdict.message,
+        reason=verdict.reason,
+        outputs={"endpoint": endpoint} if verdict.phase is Phase.SUCCEEDED else None,
+        custom_info=_custom_info(facts),
+        log_request=verdict.log_request,
+    )
