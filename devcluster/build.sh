@@ -8,7 +8,11 @@
 # Each component is built into a temporary folder and moved into place when complete, so an
 # interrupted run leaves nothing half-built behind and is safe to re-run.
 #
-# Usage: devcluster/build.sh [--print-bin-dir]
+# One build at a time: a second run waits for the first (lock file next to the log), then finds
+# the binaries ready. Every binary is linked into $DEVCLUSTER_BIN (default <cache>/bin/current);
+# `make cluster-build` sets it to .devcluster/bin.
+#
+# Usage: devcluster/build.sh [--print-versions]
 set -euo pipefail
 
 K8S_VERSION="${K8S_VERSION:-v1.37.2}"
@@ -30,7 +34,19 @@ export GOTOOLCHAIN=local
 log() { printf '%s devcluster/build: %s\n' "$(date +%H:%M:%S)" "$*" | tee -a "$LOG" >&2; }
 die() { log "FAILED: $*"; log "full log: $LOG"; exit 1; }
 
-command -v go >/dev/null || die "Go is not installed (need Go >= 1.26 to build Kubernetes $K8S_VERSION)"
+# Go is needed only when something has to be built.
+need_go() {
+  command -v go >/dev/null || die "Go is not installed (need Go >= 1.26 to build Kubernetes $K8S_VERSION)"
+}
+
+# wait_for_other_build DIR: a build started by an older copy of this script (which took no lock)
+# may still be writing into DIR; never build over it.
+wait_for_other_build() {
+  if pgrep -f -- "-o $1/" >/dev/null 2>&1; then
+    log "another go build is writing $1; waiting for it to finish"
+    while pgrep -f -- "-o $1/" >/dev/null 2>&1; do sleep 10; done
+  fi
+}
 
 # have DIR BIN... : true when every BIN exists and is executable in DIR
 have() { local d=$1; shift; for b in "$@"; do [ -x "$d/$b" ] || return 1; done; }
@@ -41,6 +57,10 @@ finish() { rm -rf "$2"; mv "$1" "$2"; }
 build_kubernetes() {
   local dest="$CACHE/bin/kubernetes-$K8S_VERSION"
   have "$dest" kube-apiserver kube-scheduler kube-controller-manager kubectl && return 0
+  wait_for_other_build "$dest.tmp"
+  have "$dest" kube-apiserver kube-scheduler kube-controller-manager kubectl && return 0
+  need_go
+  local t0=$SECONDS
   log "building Kubernetes $K8S_VERSION (kube-apiserver, kube-scheduler, kube-controller-manager, kubectl); cold builds take 30-50 minutes on 2 cores"
   local src="$CACHE/src/kubernetes-$K8S_VERSION"
   mkdir -p "$src"
@@ -83,12 +103,13 @@ GO
       k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kubectl ) >>"$LOG" 2>&1 \
     || die "go build of Kubernetes $K8S_VERSION failed (last lines: $(tail -5 "$LOG" | tr '\n' ' '))"
   finish "$tmp" "$dest"
-  log "built Kubernetes $K8S_VERSION"
+  log "built Kubernetes $K8S_VERSION in $((SECONDS - t0))s"
 }
 
 build_etcd() {
   local dest="$CACHE/bin/etcd-$ETCD_VERSION"
   have "$dest" etcd && return 0
+  need_go
   log "building etcd $ETCD_VERSION"
   local src="$CACHE/src/etcd-$ETCD_VERSION"
   mkdir -p "$src"
@@ -118,6 +139,7 @@ go_install() {
   local name=$1 version=$2 dest=$3; shift 3
   local bins=(); for p in "$@"; do bins+=("$(basename "${p%@*}")"); done
   have "$dest" "${bins[@]}" && return 0
+  need_go
   log "building $name $version"
   local tmp="$dest.tmp"
   rm -rf "$tmp"; mkdir -p "$tmp"
@@ -140,6 +162,12 @@ build_helm() {
 if [ "${1:-}" = "--print-versions" ]; then
   echo "K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION KWOK_VERSION=$KWOK_VERSION HELM_VERSION=$HELM_VERSION"
   exit 0
+fi
+
+exec 9>"$CACHE/build.lock"
+if ! flock -n 9; then
+  log "another devcluster/build.sh is running; waiting for it (log: $LOG)"
+  flock 9
 fi
 
 start=$(date +%s)
