@@ -1,0 +1,581 @@
+"""Render a NIM deployment: config + identity + settings -> the Kubernetes objects to create.
+
+Purely computational, no I/O: every function here returns plain dicts in the API's own camelCase
+form (`None` values are dropped, never emitted as nulls), so the output can be sent to the API
+server as is, dumped as YAML by `nim-agent render`, and compared with golden files. Creating the
+objects is the connector's job (`nim_agent.kube`).
+
+Public API::
+
+    deployment_name_for(project, domain, execution, node, retry) -> "nim-<execution>-...-<hash>"
+    local_deployment_name_for(task_name, nonce=None)             -> "nim-<task>-<hash>"
+    DeploymentIdentity.for_execution(...), DeploymentIdentity.for_local(...)
+    namespace_for(nim, execution_namespace, settings)            -> namespace (or ConfigError)
+    render(nim, identity, settings, pod_uid=None)                -> [pod, service]
+    render_pod(nim, identity, settings), render_service(nim, identity, pod_uid=None)
+    sidecar_pod_spec(nim, settings) -> dict;  sidecar_pod_template(nim) -> flytekit PodTemplate
+
+The Service is owned by the Pod (garbage-collected with it). The owner reference needs the Pod's
+uid, known only once the Pod exists: the connector creates the Pod, then calls
+`render_service(..., pod_uid=pod["metadata"]["uid"])`. Without a uid (e.g. `nim-agent render`)
+the Service has no ownerReferences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets as _secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any
+
+from nim_agent.config import (
+    CACHE_PATH,
+    NIM,
+    PEFT_SOURCE_ENV,
+    SHM_PATH,
+    ConfigError,
+    Problem,
+    show,
+)
+from nim_agent.settings import ConnectorSettings
+
+if TYPE_CHECKING:
+    from flytekit import PodTemplate
+
+__all__ = [
+    "LABEL_DEPLOYMENT",
+    "LABEL_MANAGED_BY",
+    "MANAGED_BY",
+    "NIM_CONTAINER",
+    "DeploymentIdentity",
+    "ExecutionIdentity",
+    "deployment_name_for",
+    "endpoint_for",
+    "local_deployment_name_for",
+    "namespace_for",
+    "render",
+    "render_pod",
+    "render_service",
+    "sidecar_pod_spec",
+    "sidecar_pod_template",
+]
+
+MANAGED_BY = "nim-agent"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_DEPLOYMENT = "nim-agent.dev/deployment"
+LABEL_PREFIX = "nim-agent.dev/"
+ANNOTATION_EXECUTION_ID = "nim-agent.dev/execution-id"
+ANNOTATION_EXPIRES_AT = "nim-agent.dev/expires-at"
+ANNOTATION_ENDPOINT = "nim-agent.dev/endpoint"
+
+NIM_CONTAINER = "nim"
+LORA_CONTAINER = "lora-downloader"
+PORT_NAME = "nim-http"
+LIVENESS_PATH = "/v1/health/live"
+METRICS_PATH = "/v1/metrics"
+NIM_UID = 1000  # the NIM images run as uid 1000
+GPU_RESOURCE = "nvidia.com/gpu"
+HF_REPO_IDS_ENV = "NIM_AGENT_HF_REPO_IDS"
+
+# The adapter download program: repo ids arrive in an env var, the token (if any) as HF_TOKEN
+# from a secretKeyRef, which huggingface_hub reads itself. Nothing secret is on the command line.
+LORA_DOWNLOAD_SCRIPT = """\
+import json, os
+from huggingface_hub import snapshot_download
+root = os.environ["NIM_PEFT_SOURCE"]
+for repo in json.loads(os.environ["NIM_AGENT_HF_REPO_IDS"]):
+    target = os.path.join(root, repo.rsplit("/", 1)[-1])
+    print(f"downloading {repo} -> {target}", flush=True)
+    snapshot_download(repo_id=repo, local_dir=target)
+"""
+
+_NAME_MAX = 63
+_HASH_LEN = 10
+
+
+# --------------------------------------------------------------------------- names
+
+
+def _dns_name(readable: str, identity: str, keep_tail: bool = False) -> str:
+    """ "nim-" + a DNS-1035 form of `readable` + "-" + a short hash of `identity`, <= 63 chars."""
+    digest = hashlib.sha256(identity.encode("utf-8")).hexdigest()[:_HASH_LEN]
+    body = re.sub(r"[^a-z0-9]+", "-", readable.lower()).strip("-")
+    room = _NAME_MAX - len("nim-") - 1 - _HASH_LEN
+    body = (body[-room:] if keep_tail else body[:room]).strip("-")
+    return f"nim-{body}-{digest}" if body else f"nim-{digest}"
+
+
+def deployment_name_for(
+    project: str, domain: str, execution: str, node: str, retry: int = 0
+) -> str:
+    """The Pod (and Service) name for one Flyte task execution; deterministic.
+
+    A retried CreateTask for the same attempt gets the same name, so it finds the pod it already
+    made instead of starting a second GPU server. DNS-1035, at most 63 characters:
+    a readable prefix plus a hash of the full identity::
+
+        >>> deployment_name_for("flytesnacks", "development", "f3a9b2c1d", "n0", 0)
+        'nim-f3a9b2c1d-n0-0-...'
+    """
+    identity = json.dumps([project, domain, execution, node, retry])
+    return _dns_name(f"{execution}-{node}-{retry}", identity)
+
+
+def local_deployment_name_for(task_name: str, nonce: str | None = None) -> str:
+    """A name for a run without execution metadata: the task name (any form) plus a hash.
+
+    `nonce` None draws a random one, so two local runs never collide; `nim-agent render` passes
+    a fixed nonce so its output is stable.
+    """
+    nonce = _secrets.token_hex(4) if nonce is None else nonce
+    return _dns_name(task_name, json.dumps([task_name, nonce]), keep_tail=True)
+
+
+def endpoint_for(name: str, namespace: str, port: int) -> str:
+    """The in-cluster URL of a deployment's Service."""
+    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
+
+
+def label_value(text: str) -> str:
+    """`text` squeezed into a valid label value (<= 63 chars, [A-Za-z0-9._-], alnum at the ends)."""
+    value = re.sub(r"[^A-Za-z0-9._-]+", "-", text)[:_NAME_MAX]
+    return re.sub(r"^[^A-Za-z0-9]+|[^A-Za-z0-9]+$", "", value)
+
+
+@dataclass(frozen=True)
+class ExecutionIdentity:
+    """The Flyte task execution a deployment belongs to."""
+
+    project: str
+    domain: str
+    execution: str
+    node: str
+    retry: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeploymentIdentity:
+    """Who a deployment is: its name (Pod = Service), namespace, Flyte identity and expiry."""
+
+    name: str
+    namespace: str
+    execution: ExecutionIdentity | None = None
+    task_name: str | None = None
+    expires_at: datetime | None = None
+
+    @classmethod
+    def for_execution(
+        cls,
+        execution: ExecutionIdentity,
+        namespace: str,
+        *,
+        task_name: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> DeploymentIdentity:
+        """The identity of a deployment made for a Flyte execution (deterministic name)."""
+        e = execution
+        return cls(
+            name=deployment_name_for(e.project, e.domain, e.execution, e.node, e.retry),
+            namespace=namespace,
+            execution=execution,
+            task_name=task_name,
+            expires_at=expires_at,
+        )
+
+    @classmethod
+    def for_local(
+        cls,
+        task_name: str,
+        namespace: str,
+        *,
+        expires_at: datetime | None = None,
+        nonce: str | None = None,
+    ) -> DeploymentIdentity:
+        """The identity of a deployment made by a local run (random name unless `nonce`)."""
+        return cls(
+            name=local_deployment_name_for(task_name, nonce),
+            namespace=namespace,
+            task_name=task_name,
+            expires_at=expires_at,
+        )
+
+    def endpoint(self, port: int) -> str:
+        """The in-cluster URL of this deployment's Service."""
+        return endpoint_for(self.name, self.namespace, port)
+
+
+def namespace_for(nim: NIM, execution_namespace: str | None, settings: ConnectorSettings) -> str:
+    """Where the deployment goes: `nim.namespace` where the settings allow it, else the
+    execution's namespace (or the settings' default for local runs)."""
+    default = execution_namespace or settings.default_namespace
+    if nim.namespace is None or nim.namespace == default:
+        return default
+    if settings.namespace_allowed(nim.namespace):
+        return nim.namespace
+    allowed = ", ".join(settings.allowed_namespaces) or "none"
+    raise ConfigError(
+        [
+            Problem(
+                "namespace",
+                f"{show(nim.namespace)} is not allowed by the connector (allowed besides the "
+                f"execution's own, {show(default)}: {allowed}); leave namespace unset",
+            )
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- building blocks
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
+
+
+def _cpu(value: int | float | str) -> str:
+    if isinstance(value, str):
+        return value
+    text = format(Decimal(str(value)).normalize(), "f")
+    return text
+
+
+def _resources(quantities: Mapping[str, str]) -> dict[str, Any]:
+    # requests = limits: Guaranteed QoS, no overcommit of a GPU node's memory.
+    return {"requests": dict(quantities), "limits": dict(quantities)}
+
+
+def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _container_security_context() -> dict[str, Any]:
+    # Pod Security "restricted" on the container itself, so it holds in the sidecar form too.
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NIM_UID,
+        "runAsGroup": NIM_UID,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _http_probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": port},
+        "periodSeconds": period,
+        "failureThreshold": failures,
+        "timeoutSeconds": 5,
+    }
+
+
+def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+    s = nim.secrets
+    quantities = {"cpu": _cpu(nim.cpu), "memory": nim.mem}
+    if nim.gpu > 0:
+        quantities[GPU_RESOURCE] = str(nim.gpu)
+    if nim.ephemeral_storage is not None:
+        quantities["ephemeral-storage"] = nim.ephemeral_storage
+    env = [
+        _secret_env(
+            "NGC_API_KEY", s.ngc_secret_group or settings.default_secret_name, s.ngc_secret_key
+        ),
+        {"name": "NIM_CACHE_PATH", "value": CACHE_PATH},
+        *({"name": k, "value": v} for k, v in (nim.env or {}).items()),
+    ]
+    mounts = [
+        {"name": "dshm", "mountPath": SHM_PATH},
+        {"name": "nim-cache", "mountPath": CACHE_PATH},
+    ]
+    if nim.peft_source:
+        mounts.append({"name": "lora", "mountPath": nim.peft_source})
+    return {
+        "name": NIM_CONTAINER,
+        "image": nim.image,
+        "imagePullPolicy": nim.image_pull_policy,
+        "ports": [{"name": PORT_NAME, "containerPort": nim.port, "protocol": "TCP"}],
+        "env": env,
+        "resources": _resources(quantities),
+        "volumeMounts": mounts,
+        "startupProbe": _http_probe(
+            nim.health_path, nim.port, nim.startup_period_seconds, nim.startup_failure_threshold
+        ),
+        "readinessProbe": _http_probe(
+            nim.health_path, nim.port, nim.readiness_period_seconds, nim.readiness_failure_threshold
+        ),
+        "livenessProbe": _http_probe(
+            LIVENESS_PATH, nim.port, nim.liveness_period_seconds, nim.liveness_failure_threshold
+        ),
+        "securityContext": _container_security_context(),
+    }
+
+
+def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+    s = nim.secrets
+    assert nim.peft_source is not None and nim.lora_adapter_mem is not None  # by validation
+    env: list[dict[str, Any]] = [
+        {"name": PEFT_SOURCE_ENV, "value": nim.peft_source},
+        {"name": HF_REPO_IDS_ENV, "value": json.dumps(nim.hf_repo_ids)},
+        {"name": "HF_HOME", "value": "/tmp/huggingface"},
+        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+    ]
+    if s.hf_token_key:
+        env.append(
+            _secret_env(
+                "HF_TOKEN", s.hf_token_group or settings.default_secret_name, s.hf_token_key
+            )
+        )
+    # The same cpu as the NIM (an init container's request does not add to the pod's) keeps the
+    # pod in the Guaranteed QoS class.
+    quantities = {"cpu": _cpu(nim.cpu), "memory": nim.lora_adapter_mem}
+    return {
+        "name": LORA_CONTAINER,
+        "image": nim.lora_downloader_image or settings.lora_downloader_image or nim.image,
+        "imagePullPolicy": nim.image_pull_policy,
+        "command": ["python3", "-c", LORA_DOWNLOAD_SCRIPT],
+        "env": env,
+        "resources": _resources(quantities),
+        "volumeMounts": [{"name": "lora", "mountPath": nim.peft_source}],
+        "securityContext": _container_security_context(),
+    }
+
+
+def _volumes(nim: NIM) -> list[dict[str, Any]]:
+    cache: dict[str, Any]
+    if nim.cache_pvc:
+        cache = {"name": "nim-cache", "persistentVolumeClaim": {"claimName": nim.cache_pvc}}
+    else:
+        cache = {"name": "nim-cache", "emptyDir": {}}
+    volumes = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": nim.shm_size}},
+        cache,
+    ]
+    if nim.peft_source:
+        volumes.append({"name": "lora", "emptyDir": {}})
+    return volumes
+
+
+def _tolerations(nim: NIM) -> list[dict[str, Any]] | None:
+    tolerations = [dict(t) for t in nim.tolerations or []]
+    gpu = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+    if nim.gpu > 0 and nim.gpu_toleration and gpu not in tolerations:
+        tolerations.insert(0, gpu)
+    return tolerations or None
+
+
+def _pod_spec(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+    """The parts of the pod spec shared by the connector's Pod and the sidecar form."""
+    if nim.cache_pvc and not settings.allow_cache_pvc:
+        raise ConfigError(
+            [
+                Problem(
+                    "cache_pvc", f"{show(nim.cache_pvc)}: this connector does not allow a cache PVC"
+                )
+            ]
+        )
+    return {
+        "serviceAccountName": nim.service_account,
+        "runtimeClassName": nim.runtime_class_name,
+        "priorityClassName": nim.priority_class_name,
+        "nodeSelector": dict(sorted((nim.node_selector or {}).items())) or None,
+        "affinity": nim.affinity,
+        "tolerations": _tolerations(nim),
+        "imagePullSecrets": [{"name": nim.secrets.ngc_image_secret}],
+        "initContainers": [_lora_container(nim, settings)] if nim.peft_source else None,
+        "containers": [_nim_container(nim, settings)],
+        "volumes": _volumes(nim),
+    }
+
+
+# --------------------------------------------------------------------------- objects
+
+
+def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
+    ours = {
+        LABEL_MANAGED_BY: MANAGED_BY,
+        LABEL_NAME: "nim",
+        LABEL_INSTANCE: identity.name,
+        LABEL_DEPLOYMENT: identity.name,
+    }
+    if identity.execution is not None:
+        e = identity.execution
+        for key, value in (
+            ("project", e.project),
+            ("domain", e.domain),
+            ("execution", e.execution),
+            ("node", e.node),
+            ("retry", str(e.retry)),
+        ):
+            ours[LABEL_PREFIX + key] = label_value(value)
+    return dict(sorted({**(nim.labels or {}), **ours}.items()))
+
+
+def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
+    execution_id: dict[str, Any] = {}
+    if identity.execution is not None:
+        e = identity.execution
+        execution_id = {
+            "project": e.project,
+            "domain": e.domain,
+            "execution": e.execution,
+            "node": e.node,
+            "retry": e.retry,
+        }
+    if identity.task_name is not None:
+        execution_id["task"] = identity.task_name
+    ours = {
+        ANNOTATION_EXECUTION_ID: json.dumps(execution_id, sort_keys=True, separators=(",", ":")),
+        ANNOTATION_ENDPOINT: identity.endpoint(nim.port),
+    }
+    if identity.expires_at is not None:
+        ours[ANNOTATION_EXPIRES_AT] = rfc3339(identity.expires_at)
+    return ours
+
+
+def rfc3339(moment: datetime) -> str:
+    """A UTC RFC 3339 timestamp, seconds precision (naive datetimes are taken as UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_pod(
+    nim: NIM, identity: DeploymentIdentity, settings: ConnectorSettings | None = None
+) -> dict[str, Any]:
+    """The NIM Pod: restricted security context, requests = limits, probes, secrets by ref.
+
+    restartPolicy is Always: a crashing server restarts, and its growing restartCount is what
+    status classification reads to fail a crash loop.
+    """
+    spec = {
+        "restartPolicy": "Always",
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": None if nim.service_account else False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NIM_UID,
+            "runAsGroup": NIM_UID,
+            "fsGroup": NIM_UID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        **_pod_spec(nim, settings or ConnectorSettings()),
+    }
+    annotations = {**(nim.annotations or {}), **_our_annotations(nim, identity)}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": identity.name,
+            "namespace": identity.namespace,
+            "labels": _labels(nim, identity),
+            "annotations": dict(sorted(annotations.items())),
+        },
+        "spec": spec,
+    }
+    return _drop_none(pod)  # type: ignore[no-any-return]
+
+
+def render_service(
+    nim: NIM, identity: DeploymentIdentity, pod_uid: str | None = None
+) -> dict[str, Any]:
+    """The ClusterIP Service in front of the Pod, annotated for Prometheus (/v1/metrics).
+
+    With `pod_uid` it is owned by the Pod, so deleting the Pod deletes it.
+    """
+    annotations = {
+        **_our_annotations(nim, identity),
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(nim.port),
+        "prometheus.io/path": METRICS_PATH,
+    }
+    owner = None
+    if pod_uid is not None:
+        owner = [{"apiVersion": "v1", "kind": "Pod", "name": identity.name, "uid": pod_uid}]
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": identity.name,
+            "namespace": identity.namespace,
+            "labels": _labels(nim, identity),
+            "annotations": dict(sorted(annotations.items())),
+            "ownerReferences": owner,
+        },
+        "spec": {
+            "type": "ClusterIP",
+            "selector": {LABEL_DEPLOYMENT: identity.name},
+            "ports": [
+                {"name": "http", "port": nim.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+            ],
+        },
+    }
+    return _drop_none(service)  # type: ignore[no-any-return]
+
+
+def render(
+    nim: NIM,
+    identity: DeploymentIdentity,
+    settings: ConnectorSettings | None = None,
+    pod_uid: str | None = None,
+) -> list[dict[str, Any]]:
+    """Everything the connector creates for one deployment, in creation order: Pod, Service."""
+    return [render_pod(nim, identity, settings), render_service(nim, identity, pod_uid)]
+
+
+# --------------------------------------------------------------------------- sidecar form
+
+
+def sidecar_pod_spec(nim: NIM, settings: ConnectorSettings | None = None) -> dict[str, Any]:
+    """The seed's sidecar form as a pod spec dict: the NIM as `containers[0]`, next to which
+    Flyte adds the task's own (primary) container.
+
+    Same containers, volumes, secrets and placement as the connector's Pod; left out are the
+    pod-wide settings that would also bind the task's container (non-root, restartPolicy,
+    service links, token mount): the NIM container carries its own security context.
+    """
+    spec = {
+        "securityContext": {"fsGroup": NIM_UID},  # lets uid 1000 write to a PVC cache
+        **_pod_spec(nim, settings or ConnectorSettings()),
+    }
+    return _drop_none(spec)  # type: ignore[no-any-return]
+
+
+def sidecar_pod_template(nim: NIM, settings: ConnectorSettings | None = None) -> PodTemplate:
+    """`sidecar_pod_spec` as a flytekit PodTemplate (kubernetes V1PodSpec inside)."""
+    from flytekit import PodTemplate
+    from kubernetes.client import V1PodSpec
+
+    return PodTemplate(
+        pod_spec=V1PodSpec.from_dict(sidecar_pod_spec(nim, settings)),
+        labels=dict(nim.labels or {}) or None,
+        annotations=dict(nim.annotations or {}) or None,
+    )
+
+
+# --------------------------------------------------------------------------- YAML
+
+
+def to_yaml(objects: list[dict[str, Any]], header: str = "") -> str:
+    """Objects as multi-document YAML, keys in render order, multi-line strings as blocks."""
+    import yaml  # only the CLI and tests print YAML
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        style = "|" if "\n" in value else None
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+    _Dumper.add_representer(str, _str)
+    body = yaml.dump_all(objects, Dumper=_Dumper, sort_keys=False, explicit_start=True, width=100)
+    return header + body

@@ -1,0 +1,121 @@
+"""ConnectorSettings: defaults, env vars, the YAML file, and field-named errors."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from nim_agent.config import ConfigError
+from nim_agent.settings import ConnectorSettings, format_duration, parse_duration
+
+
+def test_defaults_are_valid_and_documented_values() -> None:
+    s = ConnectorSettings()
+    assert s.default_secret_name == "nim-secrets"
+    assert s.default_ttl == timedelta(hours=2)
+    assert s.allowed_namespaces == ()
+    assert s.crashloop_restart_threshold == 3
+    assert ConnectorSettings.load({}) == s
+
+
+def test_env_vars_set_each_field() -> None:
+    s = ConnectorSettings.load(
+        {
+            "NIM_AGENT_DEFAULT_SECRET_NAME": "ngc",
+            "NIM_AGENT_DEFAULT_NAMESPACE": "flyte",
+            "NIM_AGENT_ALLOWED_NAMESPACES": "nim-shared, research",
+            "NIM_AGENT_DEFAULT_TTL": "1h30m",
+            "NIM_AGENT_MAX_TTL": "12h",
+            "NIM_AGENT_KEEP_FAILED": "true",
+            "NIM_AGENT_UNSCHEDULABLE_TIMEOUT": "600",
+            "NIM_AGENT_CRASHLOOP_RESTART_THRESHOLD": "5",
+            "NIM_AGENT_LOG_LINKS": '{"Pod logs": "https://logs/{namespace}/{pod}/{container}"}',
+            "NIM_AGENT_ALLOW_CACHE_PVC": "no",
+            "NIM_AGENT_LORA_DOWNLOADER_IMAGE": "ghcr.io/acme/hf-downloader:1",
+            "PATH": "/usr/bin",
+        }
+    )
+    assert s.default_secret_name == "ngc"
+    assert s.allowed_namespaces == ("nim-shared", "research")
+    assert s.default_ttl == timedelta(minutes=90)
+    assert s.max_ttl == timedelta(hours=12)
+    assert s.keep_failed is True and s.allow_cache_pvc is False
+    assert s.unschedulable_timeout == timedelta(minutes=10)
+    assert s.crashloop_restart_threshold == 5
+    assert s.log_links_for("ns", "pod-1") == [("Pod logs", "https://logs/ns/pod-1/nim")]
+    assert s.lora_downloader_image == "ghcr.io/acme/hf-downloader:1"
+
+
+def test_the_yaml_file_is_read_first_and_env_vars_win(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text("default_ttl: 4h\nallowed_namespaces: [a, b]\nkeep_failed: true\n")
+    s = ConnectorSettings.load({"NIM_AGENT_CONFIG": str(path), "NIM_AGENT_DEFAULT_TTL": "30m"})
+    assert s.default_ttl == timedelta(minutes=30)
+    assert s.allowed_namespaces == ("a", "b")
+    assert s.keep_failed is True
+
+
+def test_every_problem_names_its_env_var() -> None:
+    with pytest.raises(ConfigError) as caught:
+        ConnectorSettings.load(
+            {
+                "NIM_AGENT_DEFAULT_TTL": "2 hours",
+                "NIM_AGENT_DEFALT_SECRET_NAME": "x",
+                "NIM_AGENT_KEEP_FAILED": "maybe",
+                "NIM_AGENT_ALLOWED_NAMESPACES": "Bad_NS",
+                "NIM_AGENT_LOG_LINKS": '{"L": "https://x/{podname}"}',
+            }
+        )
+    fields = [p.field for p in caught.value.problems]
+    assert fields == [
+        "NIM_AGENT_DEFAULT_TTL",
+        "NIM_AGENT_DEFALT_SECRET_NAME",
+        "NIM_AGENT_KEEP_FAILED",
+        "NIM_AGENT_ALLOWED_NAMESPACES",
+        "NIM_AGENT_LOG_LINKS.L",
+    ]
+    assert "NIM_AGENT_DEFAULT_SECRET_NAME" in str(caught.value)
+
+
+def test_file_problems_name_the_key_and_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text("default_tll: 2h\n")
+    with pytest.raises(ConfigError) as caught:
+        ConnectorSettings.load({"NIM_AGENT_CONFIG": str(path)})
+    assert caught.value.problems[0].field == f"default_tll ({path})"
+    assert "'default_ttl'" in caught.value.problems[0].message
+
+
+def test_a_missing_or_broken_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        ConnectorSettings.load({"NIM_AGENT_CONFIG": str(tmp_path / "absent.yaml")})
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        ConnectorSettings.load({"NIM_AGENT_CONFIG": str(bad)})
+
+
+def test_default_ttl_may_not_exceed_max_ttl() -> None:
+    with pytest.raises(ConfigError, match="default_ttl: 2h is longer than max_ttl 1h"):
+        ConnectorSettings(max_ttl=timedelta(hours=1))
+
+
+def test_a_wildcard_allows_every_namespace() -> None:
+    assert ConnectorSettings(allowed_namespaces=("*",)).namespace_allowed("anything")
+    assert not ConnectorSettings(allowed_namespaces=("a",)).namespace_allowed("b")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90s", 90), ("15m", 900), ("2h", 7200), ("1h30m", 5400), ("45", 45)]
+)
+def test_durations_parse_and_format_back(text: str, seconds: int) -> None:
+    assert parse_duration(text) == timedelta(seconds=seconds)
+    assert parse_duration(format_duration(timedelta(seconds=seconds))).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "2 hours", "1d", "-5m", "h"])
+def test_malformed_durations_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_duration(text)
