@@ -1,4 +1,454 @@
-"""The NIM connector (server side).
+"""The Flyte connector for task type ``nim``: create, follow and delete NIM deployments.
 
-Arrives with issue 4; this placeholder keeps `import flytekit` working meanwhile.
+flytepropeller (or, locally, ``pyflyte run``) calls::
+
+    create(task_template, ..., task_execution_metadata)  -> NIMMetadata   (render -> kube)
+    get(NIMMetadata)                                      -> Resource      (cache/kube -> status)
+    delete(NIMMetadata)                                   -> None          (abort; idempotent)
+
+Everything the connector needs to answer later is in the self-contained ``NIMMetadata`` or on the
+pod itself, so a restarted connector (or another replica) answers for deployments it did not
+create. A task the connector cannot run (bad config, namespace not allowed, rejected by
+admission) becomes a FAILED task with a message naming the field or the policy, never a gRPC
+INTERNAL error with a traceback.
+
+This module is loaded by ``import flytekit`` (the ``flytekit.plugins`` entry point), so it stays
+light: the Kubernetes client, the watch cache and the reaper are imported on first use.
 """
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import dataclass, fields
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from flyteidl.core.execution_pb2 import TaskExecution, TaskLog
+from flytekit.extend.backend.base_connector import (
+    AsyncConnectorBase,
+    ConnectorRegistry,
+    Resource,
+    ResourceMeta,
+)
+
+from nim_agent.config import ConfigError
+from nim_agent.render import (
+    LABEL_MANAGED_BY,
+    LABEL_PREFIX,
+    MANAGED_BY,
+    NIM_CONTAINER,
+    DeploymentIdentity,
+    ExecutionIdentity,
+    namespace_for,
+    render_pod,
+    render_service,
+)
+from nim_agent.settings import ConnectorSettings, format_duration
+from nim_agent.status import Classification, Phase, StatusPolicy, classify, flyte_phase
+from nim_agent.task import TASK_TYPE, from_custom
+
+if TYPE_CHECKING:
+    from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
+
+    from nim_agent.kube import Json, Kube
+    from nim_agent.reaper import Reaper, Tombstones
+    from nim_agent.watch import PodCache
+
+__all__ = ["NIMConnector", "NIMMetadata"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class NIMMetadata(ResourceMeta):  # type: ignore[misc]
+    """What flytepropeller keeps for one deployment between calls (JSON, self-contained)."""
+
+    namespace: str = ""
+    name: str = ""
+    endpoint: str = ""
+    local: bool = False
+    """Created by a local run (no execution metadata): read directly, no watch cache."""
+    error: str = ""
+    """Set when create refused the task; get reports FAILED with it."""
+
+    @classmethod
+    def decode(cls, data: bytes) -> NIMMetadata:
+        """Decode; bytes that are not ours give a metadata whose ``error`` says so."""
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            if not isinstance(doc, dict):
+                raise ValueError("not a JSON object")
+            known = {f.name: f.type for f in fields(cls)}
+            unknown = sorted(set(doc) - set(known))
+            if unknown:
+                raise ValueError(f"unknown keys {unknown}")
+            meta = cls(**doc)
+            for f in fields(cls):
+                value = getattr(meta, f.name)
+                if not isinstance(value, bool if f.name == "local" else str):
+                    raise ValueError(f"{f.name} has the wrong type")
+            if not meta.error and not (meta.namespace and meta.name):
+                raise ValueError("namespace and name are required")
+        except (ValueError, UnicodeDecodeError, TypeError) as exc:
+            return cls(error=f"resource_meta is not a nim-agent deployment reference ({exc})")
+        return meta
+
+
+@dataclass
+class _Background:
+    """The watch cache and reaper of the long-running server, bound to its event loop."""
+
+    loop: asyncio.AbstractEventLoop
+    cache: PodCache
+    reaper: Reaper
+    tasks: list[asyncio.Task[None]]
+
+
+class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
+    """Runs NIM servers on Kubernetes for Flyte tasks of type ``nim``."""
+
+    name = "NIM Connector"
+
+    def __init__(self, settings: ConnectorSettings | None = None) -> None:
+        super().__init__(task_type_name=TASK_TYPE, metadata_type=NIMMetadata)
+        self._settings = settings
+        self._background: _Background | None = None
+        self._tombstones: Tombstones | None = None
+
+    # -- configuration --------------------------------------------------------------------
+
+    @property
+    def settings(self) -> ConnectorSettings:
+        """The operator's settings (``NIM_AGENT_*`` env vars / file), read on first use."""
+        if self._settings is None:
+            self._settings = ConnectorSettings.load()
+        return self._settings
+
+    @property
+    def policy(self) -> StatusPolicy:
+        s = self.settings
+        return StatusPolicy(
+            crashloop_restart_threshold=s.crashloop_restart_threshold,
+            unschedulable_timeout=s.unschedulable_timeout,
+        )
+
+    @property
+    def tombstones(self) -> Tombstones:
+        if self._tombstones is None:
+            from nim_agent.reaper import Tombstones
+
+            self._tombstones = Tombstones()
+        return self._tombstones
+
+    async def kube(self) -> Kube:
+        from nim_agent.kube import Kube
+
+        return await Kube.for_current_loop()
+
+    # -- background: watch cache + reaper (server only) ------------------------------------
+
+    def start_background(self) -> _Background:
+        """Start the pod watch cache and the cleanup loop on the running event loop.
+
+        ``nim-agent serve`` calls this at start; under ``pyflyte serve connector`` the first
+        call for a deployment of a Flyte execution does. Local runs never start it.
+        """
+        loop = asyncio.get_running_loop()
+        if self._background is not None and self._background.loop is loop:
+            return self._background
+        from nim_agent.reaper import OWNED_BY_US, Reaper
+        from nim_agent.watch import PodCache
+
+        namespaces = self.settings.watch_namespaces or None
+        cache = PodCache(self.kube, label_selector=OWNED_BY_US, namespaces=namespaces)
+        cache.start()
+        reaper = Reaper(
+            self.kube,
+            cache,
+            policy=self.policy,
+            keep_failed=self.settings.keep_failed,
+            tombstones=self.tombstones,
+            interval=self.settings.reap_interval,
+        )
+        task = loop.create_task(reaper.run(), name="nim-agent-reaper")
+        self._background = _Background(loop, cache, reaper, [task])
+        log.info(
+            "nim-agent: watching pods (%s), cleanup every %s",
+            ", ".join(namespaces) if namespaces else "all namespaces",
+            format_duration(self.settings.reap_interval),
+        )
+        return self._background
+
+    async def stop_background(self) -> None:
+        bg, self._background = self._background, None
+        if bg is not None:
+            for task in bg.tasks:
+                task.cancel()
+            await asyncio.gather(*bg.tasks, return_exceptions=True)
+            await bg.cache.stop()
+
+    def _cache(self, meta: NIMMetadata) -> PodCache | None:
+        if meta.local:
+            return None
+        bg = self._background
+        if bg is None or bg.loop is not asyncio.get_running_loop():
+            bg = self.start_background()
+        return bg.cache
+
+    # -- create ---------------------------------------------------------------------------
+
+    async def create(
+        self,
+        task_template: TaskTemplate,
+        output_prefix: str | None = None,
+        inputs: Any = None,
+        task_execution_metadata: TaskExecutionMetadata | None = None,
+        **kwargs: Any,
+    ) -> NIMMetadata:
+        """Create the NIM Pod and its Service; a retried create finds the existing ones."""
+        from nim_agent.kube import AlreadyExists, Forbidden, Invalid, NotFound
+
+        settings = self.settings
+        try:
+            spec = from_custom(task_template.custom or {})
+            execution, execution_namespace = _execution_of(task_execution_metadata)
+            namespace = namespace_for(spec.nim, execution_namespace, settings)
+        except ConfigError as exc:
+            return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
+        ttl = spec.ttl
+        if settings.max_ttl is not None and ttl > settings.max_ttl:
+            return NIMMetadata(
+                error=f"Invalid NIM task configuration: ttl: {format_duration(ttl)} is longer "
+                f"than the connector allows (max_ttl {format_duration(settings.max_ttl)})"
+            )
+        expires = datetime.now(UTC) + ttl
+        task_name = task_template.id.name or "nim"
+        identity = (
+            DeploymentIdentity.for_execution(
+                execution, namespace, task_name=task_name, expires_at=expires
+            )
+            if execution is not None
+            else DeploymentIdentity.for_local(task_name, namespace, expires_at=expires)
+        )
+        meta = NIMMetadata(
+            namespace=namespace,
+            name=identity.name,
+            endpoint=identity.endpoint(spec.nim.port),
+            local=execution is None,
+        )
+        kube = await self.kube()
+        pod = render_pod(spec.nim, identity, settings)
+        where = f"pod {namespace}/{identity.name}"
+        try:
+            created = await kube.create_pod(namespace, pod)
+            from nim_agent import metrics
+
+            metrics.DEPLOYMENTS_CREATED.inc()
+            log.info("created %s for %s", where, _describe(execution, task_name))
+        except AlreadyExists:
+            existing = await kube.get_pod(namespace, identity.name)
+            if existing is None or not _same_deployment(existing, pod):
+                return _refused(meta, f"{where} exists and belongs to another deployment")
+            created = existing
+            log.info("%s exists already (retried create): reusing it", where)
+        except NotFound:
+            return _refused(meta, f"namespace {namespace!r} does not exist")
+        except (Forbidden, Invalid) as exc:
+            return _refused(meta, f"Kubernetes refused {where}: {exc.message}")
+        if not meta.local:
+            self._cache(meta)  # start following it (server side) right away
+        await self._ensure_service(kube, meta, spec.nim, identity, created)
+        return meta
+
+    async def _ensure_service(
+        self, kube: Kube, meta: NIMMetadata, nim: Any, identity: DeploymentIdentity, pod: Json
+    ) -> None:
+        from nim_agent.kube import AlreadyExists
+
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        service = render_service(nim, identity, pod_uid=uid or None)
+        with contextlib.suppress(AlreadyExists):  # made by an earlier attempt of this create
+            await kube.create_service(meta.namespace, service)
+
+    # -- get ------------------------------------------------------------------------------
+
+    async def get(self, resource_meta: NIMMetadata, **kwargs: Any) -> Resource:
+        """Where the deployment stands: a Flyte phase, a message, and on success ``endpoint``."""
+        meta = resource_meta
+        if meta.error:
+            return Resource(phase=TaskExecution.FAILED, message=meta.error)
+        kube = await self.kube()
+        pod = await self._read_pod(kube, meta)
+        now = datetime.now(UTC)
+        cause = self.tombstones.get(meta.namespace, meta.name) or _deletion_cause(pod)
+        policy = _policy_for(pod, self.policy)
+        result = classify(pod, now=now, policy=policy, endpoint=meta.endpoint, deletion_cause=cause)
+        if pod is not None and _wants_events(result):
+            events = await kube.pod_events(meta.namespace, meta.name)
+            result = classify(
+                pod,
+                events=events,
+                now=now,
+                policy=policy,
+                endpoint=meta.endpoint,
+                deletion_cause=cause,
+            )
+        if pod is not None and result.log_request is not None:
+            tail = await kube.pod_log_tail(
+                meta.namespace,
+                meta.name,
+                container=result.log_request.container,
+                previous=result.log_request.previous,
+            )
+            if tail:
+                result = classify(
+                    pod,
+                    now=now,
+                    policy=policy,
+                    endpoint=meta.endpoint,
+                    log_tail=tail,
+                    deletion_cause=cause,
+                )
+        await self._after(kube, meta, pod, result)
+        return Resource(
+            phase=flyte_phase(result.phase),
+            message=result.message,
+            log_links=self._log_links(meta),
+            outputs=result.outputs,
+            custom_info=result.custom_info or None,
+        )
+
+    async def _read_pod(self, kube: Kube, meta: NIMMetadata) -> Json | None:
+        cache = self._cache(meta)
+        if cache is not None:
+            known, pod = cache.lookup(meta.namespace, meta.name)
+            if known and pod is not None:
+                return pod
+        # Not in the cache (just created, namespace not watched, watch down): ask the server.
+        return await kube.get_pod(meta.namespace, meta.name)
+
+    async def _after(
+        self, kube: Kube, meta: NIMMetadata, pod: Json | None, result: Classification
+    ) -> None:
+        """Metrics, the Service check on success, and cleanup of failed servers."""
+        from nim_agent import metrics
+
+        uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")
+        if result.phase is Phase.SUCCEEDED:
+            metrics.observe_ready(uid, result.custom_info.get("time_to_ready_s"))
+        elif result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED) and pod is not None:
+            metrics.count_failure(uid, result.reason.value)
+            if not self.settings.keep_failed and not _deletion_cause(pod):
+                from nim_agent.reaper import FAILURE, delete_deployment
+
+                await delete_deployment(
+                    kube,
+                    meta.namespace,
+                    meta.name,
+                    cause=FAILURE,
+                    detail=result.reason.value,
+                    tombstones=self.tombstones,
+                )
+                # Later polls (and a lost response's retry) keep the original message.
+                self.tombstones.add(meta.namespace, meta.name, f"failure: {result.message}")
+
+    def _log_links(self, meta: NIMMetadata) -> list[TaskLog] | None:
+        links = self.settings.log_links_for(meta.namespace, meta.name, NIM_CONTAINER)
+        return [TaskLog(name=name, uri=uri) for name, uri in links] or None
+
+    # -- delete ---------------------------------------------------------------------------
+
+    async def delete(self, resource_meta: NIMMetadata, **kwargs: Any) -> None:
+        """Abort: delete the Pod and the Service. Deleting what is gone is success."""
+        meta = resource_meta
+        if meta.error or not meta.name:
+            return
+        from nim_agent.reaper import ABORT, delete_deployment
+
+        await delete_deployment(
+            await self.kube(),
+            meta.namespace,
+            meta.name,
+            cause=ABORT,
+            detail="the Flyte execution was aborted",
+            tombstones=self.tombstones,
+        )
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _execution_of(
+    metadata: TaskExecutionMetadata | None,
+) -> tuple[ExecutionIdentity | None, str | None]:
+    """The Flyte execution identity and namespace; (None, None) for a local run."""
+    if metadata is None or metadata.task_execution_id is None:
+        return None, None
+    task_exec = metadata.task_execution_id
+    node_exec = task_exec.node_execution_id
+    wf_exec = node_exec.execution_id if node_exec is not None else None
+    if wf_exec is None or not wf_exec.name:
+        return None, metadata.namespace or None
+    return (
+        ExecutionIdentity(
+            project=wf_exec.project,
+            domain=wf_exec.domain,
+            execution=wf_exec.name,
+            node=node_exec.node_id,
+            retry=int(task_exec.retry_attempt or 0),
+        ),
+        metadata.namespace or None,
+    )
+
+
+def _describe(execution: ExecutionIdentity | None, task_name: str) -> str:
+    if execution is None:
+        return f"local run of {task_name}"
+    e = execution
+    return f"{e.project}/{e.domain}/{e.execution} node {e.node} attempt {e.retry}"
+
+
+def _same_deployment(existing: Json, wanted: Json) -> bool:
+    """Whether an existing pod is the one ``wanted`` describes (ours, same execution)."""
+    have = (existing.get("metadata") or {}).get("labels") or {}
+    want = (wanted.get("metadata") or {}).get("labels") or {}
+    if have.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        return False
+    keys = [k for k in want if k.startswith(LABEL_PREFIX) and k != LABEL_PREFIX + "simulate"]
+    return all(have.get(k) == want[k] for k in keys)
+
+
+def _refused(meta: NIMMetadata, why: str) -> NIMMetadata:
+    log.warning("refused NIM deployment %s/%s: %s", meta.namespace, meta.name, why)
+    return NIMMetadata(namespace=meta.namespace, name=meta.name, error=f"Cannot deploy: {why}")
+
+
+def _deletion_cause(pod: Json | None) -> str | None:
+    from nim_agent.reaper import ANNOTATION_DELETION_CAUSE
+
+    annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
+    cause = annotations.get(ANNOTATION_DELETION_CAUSE)
+    return str(cause) if cause else None
+
+
+def _policy_for(pod: Json | None, base: StatusPolicy) -> StatusPolicy:
+    from nim_agent.reaper import policy_for
+
+    return policy_for(pod, base)
+
+
+def _wants_events(result: Classification) -> bool:
+    """Events add the scheduler's and kubelet's words; read them only while they matter."""
+    return result.phase in (
+        Phase.QUEUED,
+        Phase.WAITING_FOR_RESOURCES,
+        Phase.INITIALIZING,
+        Phase.FAILED,
+        Phase.RETRYABLE_FAILED,
+    )
+
+
+ConnectorRegistry.register(NIMConnector())

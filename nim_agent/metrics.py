@@ -52,3 +52,35 @@ WATCH_RESTARTS = Counter(
     "Restarts of the pod watch, by reason (expired, error, timeout).",
     ["reason"],
 )
+
+
+class _Once:
+    """Remembers recent keys (bounded), so a pod polled many times is counted once."""
+
+    def __init__(self, capacity: int = 20_000) -> None:
+        self._capacity = capacity
+        self._seen: dict[str, None] = {}
+
+    def first(self, key: str) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self._capacity:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+
+_failed = _Once()
+_ready = _Once()
+
+
+def count_failure(pod_uid: str, reason: str) -> None:
+    """Count a deployment's failure once, however often it is polled or swept."""
+    if _failed.first(pod_uid or reason):
+        FAILURES.labels(reason).inc()
+
+
+def observe_ready(pod_uid: str, seconds: float | None) -> None:
+    """Record a deployment's time to ready once."""
+    if seconds is not None and _ready.first(pod_uid):
+        TIME_TO_READY.observe(seconds)

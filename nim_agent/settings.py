@@ -66,6 +66,10 @@ class ConnectorSettings:
     """Whether `NIM(cache_pvc=...)` is allowed."""
     lora_downloader_image: str | None = None
     """Default image of the adapter download container; None: the NIM image itself."""
+    watch_namespaces: tuple[str, ...] = ()
+    """Namespaces whose NIM pods the watch cache follows; empty: all (needs a ClusterRole)."""
+    reap_interval: timedelta = timedelta(seconds=30)
+    """How often expired and failed deployments are looked for and deleted."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -85,7 +89,9 @@ class ConnectorSettings:
         for ns in self.allowed_namespaces:
             if ns != "*":
                 add("allowed_namespaces", check_dns_label(ns))
-        for name in ("default_ttl", "max_ttl", "unschedulable_timeout"):
+        for ns in self.watch_namespaces:
+            add("watch_namespaces", check_dns_label(ns))
+        for name in ("default_ttl", "max_ttl", "unschedulable_timeout", "reap_interval"):
             value: object = getattr(self, name)
             if value is None and name == "max_ttl":
                 continue
@@ -181,7 +187,7 @@ def _build(raw: Mapping[str, tuple[object, str]]) -> ConnectorSettings:
 
 def _convert(name: str, value: object) -> object:
     """One raw value (env string or YAML value) as the field's type; ValueError if it cannot be."""
-    if name in ("default_ttl", "max_ttl", "unschedulable_timeout"):
+    if name in ("default_ttl", "max_ttl", "unschedulable_timeout", "reap_interval"):
         if value is None and name == "max_ttl":
             return None
         if value in ("", "none", "None") and name == "max_ttl":
@@ -195,7 +201,7 @@ def _convert(name: str, value: object) -> object:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ValueError(f"{show(value)} is not an integer of 1 or more")
-    if name == "allowed_namespaces":
+    if name in ("allowed_namespaces", "watch_namespaces"):
         if isinstance(value, str):
             return tuple(v.strip() for v in value.split(",") if v.strip())
         if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):

@@ -1,0 +1,222 @@
+"""Cleanup: delete deployments whose ttl has passed and NIM servers that have failed.
+
+Flyte calls DeleteTask only on abort; after success the NIM keeps serving the workflow's next
+steps. So nim-agent removes deployments itself, with every decision taken from what the pod
+carries (labels and annotations), never from process memory: a restarted connector, or another
+replica, cleans up what an earlier one created.
+
+:func:`reap_decision` is pure (pod + now -> cause or None) and unit-tested; :class:`Reaper` runs
+it over the watch cache (or a fresh list) every ``interval`` and deletes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from nim_agent import metrics
+from nim_agent.render import ANNOTATION_EXPIRES_AT, LABEL_MANAGED_BY, MANAGED_BY
+from nim_agent.status import Classification, Phase, StatusPolicy, classify
+
+if TYPE_CHECKING:
+    from nim_agent.kube import Kube
+    from nim_agent.watch import PodCache
+
+log = logging.getLogger(__name__)
+
+OWNED_BY_US = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
+ANNOTATION_DELETION_CAUSE = "nim-agent.dev/deletion-cause"
+
+# Causes, as they appear in metrics and messages.
+TTL = "ttl"
+TEARDOWN = "teardown"
+ABORT = "abort"
+FAILURE = "failure"
+
+
+def _parse_time(text: object) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def expires_at(pod: Mapping[str, Any]) -> datetime | None:
+    """When the deployment's ttl runs out (None: never, or unreadable)."""
+    annotations = (pod.get("metadata") or {}).get("annotations") or {}
+    return _parse_time(annotations.get(ANNOTATION_EXPIRES_AT))
+
+
+def policy_for(pod: Mapping[str, Any] | None, base: StatusPolicy) -> StatusPolicy:
+    """``base`` with the startup window this pod's own startup probe allows."""
+    if not pod:
+        return base
+    containers = ((pod.get("spec") or {}).get("containers")) or [{}]
+    probe = containers[0].get("startupProbe")
+    if not isinstance(probe, Mapping):
+        return base
+    period = probe.get("periodSeconds") or 10
+    failures = probe.get("failureThreshold") or 3
+    delay = probe.get("initialDelaySeconds") or 0
+    if not all(isinstance(v, int) for v in (period, failures, delay)):
+        return base
+    window = timedelta(seconds=delay + period * failures)
+    # The kubelet kills the container when the probe gives up; the margin lets us see that
+    # kill (a precise message) rather than time out just before it.
+    return StatusPolicy(
+        crashloop_restart_threshold=base.crashloop_restart_threshold,
+        unschedulable_timeout=base.unschedulable_timeout,
+        startup_timeout=window + timedelta(seconds=2 * period),
+        image_pull_grace=base.image_pull_grace,
+        container_error_grace=base.container_error_grace,
+    )
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Why a pod is to be deleted; ``classification`` is set for failures."""
+
+    cause: str
+    message: str
+    classification: Classification | None = None
+
+
+def reap_decision(
+    pod: Mapping[str, Any], *, now: datetime, policy: StatusPolicy, keep_failed: bool
+) -> Decision | None:
+    """Whether (and why) the reaper deletes ``pod`` now. Purely computational.
+
+    - past its ``nim-agent.dev/expires-at``: ttl (failed pods kept for debugging go too);
+    - classified FAILED or RETRYABLE_FAILED (crash loop, OOM, unschedulable too long, ...):
+      failure, unless ``keep_failed``;
+    - already being deleted: nothing to do.
+    """
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None
+    expiry = expires_at(pod)
+    if expiry is not None and now >= expiry:
+        return Decision(TTL, f"ttl expired at {expiry.isoformat()}")
+    if keep_failed:
+        return None
+    result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint="")
+    if result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED):
+        return Decision(FAILURE, result.message, result)
+    return None
+
+
+class Tombstones:
+    """Why recently deleted deployments went, so GetTask can say so after the pod is gone.
+
+    In memory and bounded: after a restart a deleted pod reads as "deleted by someone else",
+    which is why deletions are also written on the pod (``nim-agent.dev/deletion-cause``)
+    first, for as long as it is terminating.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
+
+    def add(self, namespace: str, name: str, cause: str) -> None:
+        self._entries[(namespace, name)] = cause
+        self._entries.move_to_end((namespace, name))
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+
+    def get(self, namespace: str, name: str) -> str | None:
+        return self._entries.get((namespace, name))
+
+
+async def delete_deployment(
+    kube: Kube, namespace: str, name: str, *, cause: str, detail: str, tombstones: Tombstones
+) -> bool:
+    """Delete a deployment's Pod and Service; True if the Pod existed. Idempotent."""
+    from nim_agent.kube import NotFound
+
+    tombstones.add(namespace, name, f"{cause}: {detail}" if detail else cause)
+    with contextlib.suppress(NotFound):
+        await kube.patch_pod_annotations(
+            namespace, name, {ANNOTATION_DELETION_CAUSE: f"{cause}: {detail}"[:1000]}
+        )
+    existed = await kube.delete_pod(namespace, name)
+    await kube.delete_service(namespace, name)  # owned by the pod; deleting now frees the name
+    if existed:
+        metrics.DELETIONS.labels(cause).inc()
+        log.info("deleted NIM deployment %s/%s (%s: %s)", namespace, name, cause, detail)
+    return existed
+
+
+class Reaper:
+    """Every ``interval``, delete expired and failed deployments seen by ``pods()``."""
+
+    def __init__(
+        self,
+        kube: Callable[[], Awaitable[Kube]],
+        cache: PodCache,
+        *,
+        policy: StatusPolicy,
+        keep_failed: bool,
+        tombstones: Tombstones,
+        interval: timedelta = timedelta(seconds=30),
+    ) -> None:
+        self._kube = kube
+        self._cache = cache
+        self._policy = policy
+        self._keep_failed = keep_failed
+        self._tombstones = tombstones
+        self._interval = interval.total_seconds()
+
+    async def sweep(self, now: datetime | None = None) -> list[tuple[str, str, Decision]]:
+        """One pass; returns what was deleted as (namespace, name, decision)."""
+        now = now or datetime.now(UTC)
+        done: list[tuple[str, str, Decision]] = []
+        phases: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
+        kube = await self._kube()
+        for pod in self._cached_pods():
+            meta = pod.get("metadata") or {}
+            namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+            decision = reap_decision(
+                pod, now=now, policy=self._policy, keep_failed=self._keep_failed
+            )
+            if decision is None:
+                result = classify(pod, now=now, policy=policy_for(pod, self._policy), endpoint="")
+                phases[result.phase.value] += 1
+                continue
+            if decision.classification is not None:
+                uid = str(meta.get("uid") or "")
+                metrics.count_failure(uid, decision.classification.reason.value)
+            await delete_deployment(
+                kube,
+                namespace,
+                name,
+                cause=decision.cause,
+                detail=decision.message,
+                tombstones=self._tombstones,
+            )
+            done.append((namespace, name, decision))
+        for phase, count in phases.items():
+            metrics.DEPLOYMENTS.labels(phase).set(count)
+        return done
+
+    def _cached_pods(self) -> Iterable[Mapping[str, Any]]:
+        return self._cache.pods()
+
+    async def run(self) -> None:
+        """Sweep forever; errors are logged and the next sweep tries again."""
+        from nim_agent.kube import KubeError
+
+        while True:
+            await asyncio.sleep(self._interval)
+            try:
+                await self.sweep()
+            except KubeError as exc:
+                log.warning("cleanup sweep failed: %s; next try in %.0fs", exc, self._interval)

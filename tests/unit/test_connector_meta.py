@@ -1,0 +1,32 @@
+"""NIMMetadata: what flytepropeller stores between calls, and what garbage decodes to."""
+
+from __future__ import annotations
+
+import pytest
+
+from nim_agent.connector import NIMMetadata
+
+
+def test_metadata_round_trips_through_bytes() -> None:
+    meta = NIMMetadata(
+        namespace="ns", name="nim-a-1", endpoint="http://nim-a-1.ns.svc.cluster.local:8000"
+    )
+    assert NIMMetadata.decode(meta.encode()) == meta
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"", id="empty bytes"),
+        pytest.param(b"\xff\xfe", id="not utf-8"),
+        pytest.param(b"[1, 2]", id="a JSON list"),
+        pytest.param(b'{"namespace": "ns"}', id="no name"),
+        pytest.param(b'{"namespace": "ns", "name": 3}', id="a number as name"),
+        pytest.param(b'{"namespace": "ns", "name": "x", "pod": "y"}', id="an unknown key"),
+        pytest.param(b'{"namespace": "ns", "name": "x", "local": "yes"}', id="local not a bool"),
+        pytest.param(b"null", id="JSON null"),
+    ],
+)
+def test_garbage_resource_meta_decodes_to_an_error_not_an_exception(data: bytes) -> None:
+    meta = NIMMetadata.decode(data)
+    assert meta.error.startswith("resource_meta is not a nim-agent deployment reference")
