@@ -38,5 +38,9 @@ typecheck: setup ## mypy on the package
 unit: setup ## fast tests, no cluster
 	$(PYTEST) tests/unit
 
+.PHONY: proto
+proto: setup ## regenerate nim_agent/_proto from proto/ (committed; a unit test checks it is fresh)
+	$(PY) proto/generate.py
+
 test: lint typecheck unit ## every test suite (what CI runs)
 	@echo "make test: all suites passed"

@@ -1,0 +1,90 @@
+"""Fixtures for the end-to-end suites: the tools they drive (helm, uv), found or failed loudly.
+
+A missing tool fails the tests that need it, with what to run to get it; it never skips them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _devcluster_versions() -> dict[str, str]:
+    """The pinned tool versions of devcluster/build.sh (`--print-versions`: K=V pairs)."""
+    out = subprocess.run(
+        [str(REPO_ROOT / "devcluster" / "build.sh"), "--print-versions"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout
+    return dict(re.findall(r"(\w+)=(\S+)", out))
+
+
+def helm_candidates() -> list[Path]:
+    """Where helm may be, best first: $NIM_AGENT_HELM, the devcluster links, the build cache."""
+    found = [Path(p) for p in [os.environ.get("NIM_AGENT_HELM")] if p]
+    found.append(REPO_ROOT / ".devcluster" / "bin" / "helm")
+    cache = Path(os.environ.get("NIM_AGENT_CACHE", Path.home() / ".cache" / "nim-agent"))
+    found.append(cache / "bin" / "current" / "helm")
+    version = _devcluster_versions().get("HELM_VERSION")
+    if version:
+        found.append(cache / "bin" / f"helm-{version}" / "helm")
+    return found
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The helm binary the local control plane is built with (devcluster/build.sh)."""
+    candidates = helm_candidates()
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    pytest.fail(
+        "helm not found (looked at: "
+        + ", ".join(str(p) for p in candidates)
+        + "); build it with `make cluster-build` (devcluster/build.sh)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def uv() -> Path:
+    """The uv the Makefile installs (`make setup`), else one on PATH."""
+    pinned = REPO_ROOT / ".tools" / "uv" / "bin" / "uv"
+    if pinned.is_file():
+        return pinned
+    on_path = shutil.which("uv")
+    if on_path:
+        return Path(on_path)
+    pytest.fail(f"uv not found at {pinned} nor on PATH; run `make setup`", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def flytepropeller() -> Path:
+    """The flytepropeller binary of the local Flyte (devcluster/propeller/build.sh)."""
+    candidates = [REPO_ROOT / ".devcluster" / "bin" / "flytepropeller"]
+    bin_dir = subprocess.run(
+        [str(REPO_ROOT / "devcluster" / "propeller" / "build.sh"), "--print-bin-dir"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    ).stdout.strip()
+    candidates.append(Path(bin_dir) / "flytepropeller")
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+    pytest.fail(
+        "flytepropeller not found (looked at: "
+        + ", ".join(str(p) for p in candidates)
+        + "); build it with `make propeller-build`",
+        pytrace=False,
+    )
