@@ -1,0 +1,1 @@
+"""Generated protobuf modules (from proto/, by `make proto`). Do not edit."""

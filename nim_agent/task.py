@@ -1,0 +1,96 @@
+"""NIMTask: a Flyte task of type "nim" that stands up a NIM server and returns its URL.
+
+The task only describes the deployment: its `TaskTemplate.custom` holds the `NIMTaskConfig`
+proto in JSON form (see `nim_agent.spec`). The connector, server side, reads it back and does
+the work. Locally, `pyflyte run` calls the same connector in-process (flytekit's
+AsyncConnectorExecutorMixin finds it in the ConnectorRegistry by task type).
+"""
+
+from __future__ import annotations
+
+# Before any flytekit import: importing flytekit loads its plugin entry points, among them
+# nim_agent.connector, which may import these names from this module while it is still loading.
+from nim_agent.spec import (
+    DEFAULT_TTL,
+    SCHEMA_VERSION,
+    TASK_TYPE,
+    NIMTaskSpec,
+    check_ttl,
+    from_custom,
+    from_proto,
+    to_custom,
+    to_proto,
+)
+
+# isort: split
+from datetime import timedelta
+from typing import Any
+
+from flytekit.configuration import SerializationSettings
+from flytekit.core.base_task import PythonTask
+from flytekit.core.interface import Interface
+from flytekit.extend.backend.base_connector import AsyncConnectorExecutorMixin
+
+from nim_agent.config import NIM, ConfigError, Problem
+
+__all__ = [
+    "DEFAULT_TTL",
+    "SCHEMA_VERSION",
+    "TASK_TYPE",
+    "NIMTask",
+    "NIMTaskSpec",
+    "from_custom",
+    "from_proto",
+    "to_custom",
+    "to_proto",
+]
+
+
+class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
+    """A Flyte task that deploys a NIM server and outputs its in-cluster URL as `endpoint`.
+
+    After success the server keeps running for the steps that follow, until `ttl` has passed
+    (the connector deletes it then) or the execution is aborted.
+
+    Example::
+
+        llama = NIMTask(name="llama3-8b", nim=NIM(secrets=..., gpu=1), ttl=timedelta(hours=2))
+
+        @workflow
+        def wf(question: str) -> str:
+            endpoint = llama()
+            return ask(endpoint=endpoint, question=question)
+    """
+
+    def __init__(self, name: str, nim: NIM, ttl: timedelta = DEFAULT_TTL, **kwargs: Any) -> None:
+        if not isinstance(nim, NIM):
+            raise ConfigError([Problem("nim", f"{type(nim).__name__} given; use NIM(...)")])
+        self._nim = nim
+        self._ttl = check_ttl(ttl)
+        super().__init__(
+            task_type=TASK_TYPE,
+            name=name,
+            task_config=nim,
+            interface=Interface(inputs={}, outputs={"endpoint": str}),
+            **kwargs,
+        )
+
+    @property
+    def nim(self) -> NIM:
+        """The deployment this task describes."""
+        return self._nim
+
+    @property
+    def ttl(self) -> timedelta:
+        """How long the deployment may live."""
+        return self._ttl
+
+    def get_custom(self, settings: SerializationSettings) -> dict[str, Any]:
+        """The NIMTaskConfig proto as JSON, for TaskTemplate.custom."""
+        return to_custom(self._nim, self._ttl)
+
+    def execute(self, **kwargs: Any) -> Any:
+        """Local run (`pyflyte run`): the mixin calls the NIM connector in-process."""
+        import nim_agent.connector  # noqa: F401  registers the connector with flytekit
+
+        return super().execute(**kwargs)

@@ -1,0 +1,181 @@
+"""The task proto: generated code is fresh, and config -> proto -> custom -> config is lossless."""
+
+from __future__ import annotations
+
+import dataclasses
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+
+from nim_agent._proto import nim_pb2
+from nim_agent.config import NIM, ConfigError, NIMSecrets
+from nim_agent.spec import DEFAULT_TTL, from_custom, from_proto, to_custom, to_proto
+
+ROOT = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_regenerating_the_proto_code_gives_the_committed_files(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, str(ROOT / "proto" / "generate.py"), "--out", str(tmp_path)],
+        check=True,
+        capture_output=True,
+    )
+    for name in ("nim_pb2.py", "nim_pb2.pyi"):
+        fresh = (tmp_path / name).read_text()
+        committed = (ROOT / "nim_agent" / "_proto" / name).read_text()
+        assert fresh == committed, f"nim_agent/_proto/{name} is stale: run `make proto`"
+
+
+def everything() -> NIM:
+    """A NIM with every field away from its default."""
+    return NIM(
+        secrets=NIMSecrets(
+            ngc_image_secret="ngc-pull",
+            ngc_secret_key="api_key",
+            secrets_prefix="_FSEC_",
+            ngc_secret_group="ngc",
+            hf_token_group="hf",
+            hf_token_key="token",
+        ),
+        image="nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3",
+        health_endpoint="/v1/health/ready",
+        port=8080,
+        cpu="1500m",
+        gpu=2,
+        mem="40Gi",
+        shm_size="8Gi",
+        env={"Z_FIRST": "1", "NIM_PEFT_SOURCE": "/opt/nim/loras", "A_LAST": "2"},
+        hf_repo_ids=["tloen/alpaca-lora-7b", "acme/other-lora"],
+        lora_adapter_mem="4Gi",
+        namespace="nim-shared",
+        ephemeral_storage="100Gi",
+        cache_pvc="nim-cache",
+        node_selector={"gpu": "a100", "zone": "b"},
+        tolerations=[
+            {"key": "dedicated", "operator": "Equal", "value": "nim", "effect": "NoSchedule"},
+            {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+        ],
+        gpu_toleration=False,
+        affinity={
+            "podAntiAffinity": {
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
+                ]
+            }
+        },
+        runtime_class_name="nvidia",
+        priority_class_name="high",
+        service_account="nim",
+        labels={"team": "ml", "nim-agent.dev/simulate": "crashloop"},
+        annotations={"note": "x y z"},
+        image_pull_policy="Always",
+        startup_failure_threshold=120,
+        startup_period_seconds=5,
+        readiness_period_seconds=6,
+        readiness_failure_threshold=2,
+        liveness_period_seconds=20,
+        liveness_failure_threshold=4,
+        lora_downloader_image="python:3.12-slim",
+    )
+
+
+def test_the_everything_config_really_sets_every_field_away_from_its_default() -> None:
+    nim = everything()
+    defaults = NIM(secrets=nim.secrets)
+    same = [
+        f.name for f in dataclasses.fields(NIM) if getattr(nim, f.name) == getattr(defaults, f.name)
+    ]
+    assert same == ["secrets"]
+    assert all(v is not None for v in dataclasses.asdict(nim.secrets).values())
+
+
+def cases() -> list[tuple[str, NIM]]:
+    golden = [
+        (p.name, NIM.from_dict(yaml.safe_load(p.read_text())))
+        for p in sorted(GOLDEN.glob("*.config.yaml"))
+    ]
+    base = everything()
+    return [
+        ("everything", base),
+        ("cpu as int", dataclasses.replace(base, cpu=3)),
+        ("cpu as float", dataclasses.replace(base, cpu=0.25)),
+        *golden,
+    ]
+
+
+@pytest.mark.parametrize("nim", [c[1] for c in cases()], ids=[c[0] for c in cases()])
+def test_config_to_proto_to_custom_to_proto_to_config_is_lossless(nim: NIM) -> None:
+    ttl = timedelta(hours=3, minutes=30)
+    custom = to_custom(nim, ttl)
+    # TaskTemplate.custom is a protobuf Struct: numbers become doubles on the way through.
+    from google.protobuf.struct_pb2 import Struct
+
+    struct = Struct()
+    struct.update(custom)
+    through_struct = json_format.MessageToDict(struct)
+    spec = from_custom(through_struct)
+    assert spec.nim == nim
+    assert type(spec.nim.cpu) is type(nim.cpu)
+    assert list((spec.nim.env or {}).items()) == list((nim.env or {}).items())  # order kept
+    assert spec.ttl == ttl
+    assert from_proto(to_proto(nim, ttl)).nim == nim
+
+
+def test_every_nim_field_has_a_proto_field() -> None:
+    proto_fields = {f.name for f in nim_pb2.NIM.DESCRIPTOR.fields}
+    expected = {f.name for f in dataclasses.fields(NIM)} - {"cpu"}
+    expected |= {"cpu_cores", "cpu_fraction", "cpu_quantity"}
+    assert proto_fields == expected
+    secret_fields = {f.name for f in nim_pb2.NIMSecrets.DESCRIPTOR.fields}
+    assert secret_fields == {f.name for f in dataclasses.fields(NIMSecrets)}
+
+
+def test_the_custom_carries_the_schema_version_and_readable_field_names() -> None:
+    custom = to_custom(everything())
+    assert custom["schema_version"] == 1
+    assert custom["nim"]["shm_size"] == "8Gi"
+    assert custom["ttl"] == "7200s"
+
+
+def test_absent_fields_take_the_python_defaults() -> None:
+    custom: dict[str, Any] = {
+        "schema_version": 1,
+        "nim": {"secrets": {"ngc_image_secret": "a", "ngc_secret_key": "b", "secrets_prefix": ""}},
+    }
+    spec = from_custom(custom)
+    assert spec.nim == NIM(
+        secrets=NIMSecrets(ngc_image_secret="a", ngc_secret_key="b", secrets_prefix="")
+    )
+    assert spec.ttl == DEFAULT_TTL
+
+
+def test_a_newer_schema_version_is_refused() -> None:
+    custom = to_custom(everything())
+    custom["schema_version"] = 2
+    with pytest.raises(ConfigError) as caught:
+        from_custom(custom)
+    assert caught.value.problems[0].field == "schema_version"
+
+
+def test_an_unknown_key_in_the_custom_is_refused() -> None:
+    custom = to_custom(everything())
+    custom["nim"]["memory"] = "1Gi"
+    with pytest.raises(ConfigError, match="custom: is not a NIM task config"):
+        from_custom(custom)
+
+
+def test_an_invalid_value_in_the_custom_is_a_field_named_config_error() -> None:
+    custom = to_custom(everything())
+    custom["nim"]["mem"] = "20GB"
+    custom["nim"]["secrets"]["ngc_secret_key"] = "bad key"
+    with pytest.raises(ConfigError) as caught:
+        from_custom(custom)
+    fields = {p.field for p in caught.value.problems}
+    assert "mem" in fields and "secrets.ngc_secret_key" in fields

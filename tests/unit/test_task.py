@@ -1,0 +1,150 @@
+"""NIMTask: task type, interface, custom, serialization and a local run through a connector."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flyteidl.admin import task_pb2 as admin_task_pb2
+from flyteidl.core.execution_pb2 import TaskExecution
+from flytekit import task, workflow
+from flytekit.configuration import ImageConfig, SerializationSettings
+from flytekit.extend.backend.base_connector import (
+    AsyncConnectorBase,
+    ConnectorRegistry,
+    Resource,
+    ResourceMeta,
+    TaskCategory,
+)
+from flytekit.models.task import TaskTemplate
+from flytekit.tools.translator import get_serializable
+
+from nim_agent import NIM, ConfigError, NIMSecrets, NIMTask
+from nim_agent.spec import from_custom, to_custom
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = SerializationSettings(image_config=ImageConfig.auto_default_image())
+NIM_CONFIG = NIM(
+    secrets=NIMSecrets(ngc_image_secret="ngc", ngc_secret_key="api_key", secrets_prefix="_FSEC_"),
+    gpu=1,
+)
+
+llama = NIMTask(name="tests.llama3-8b", nim=NIM_CONFIG, ttl=timedelta(hours=3))
+
+
+@task
+def ask(endpoint: str, question: str) -> str:
+    return f"{endpoint} <- {question}"
+
+
+@workflow
+def wf(question: str) -> str:
+    endpoint = llama()
+    return ask(endpoint=endpoint, question=question)
+
+
+def test_the_task_type_is_nim_with_one_string_output_named_endpoint() -> None:
+    assert llama.task_type == "nim"
+    assert llama.python_interface.inputs == {}
+    assert llama.python_interface.outputs == {"endpoint": str}
+    assert llama.nim is NIM_CONFIG and llama.ttl == timedelta(hours=3)
+
+
+def test_the_custom_is_the_task_config_proto_and_reads_back() -> None:
+    custom = llama.get_custom(SETTINGS)
+    assert custom == to_custom(NIM_CONFIG, timedelta(hours=3))
+    spec = from_custom(custom)
+    assert (spec.nim, spec.ttl) == (NIM_CONFIG, timedelta(hours=3))
+
+
+def test_the_default_ttl_is_two_hours() -> None:
+    assert NIMTask(name="tests.default-ttl", nim=NIM_CONFIG).ttl == timedelta(hours=2)
+
+
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=-1), 7200, None])
+def test_a_bad_ttl_is_a_config_error_naming_ttl(ttl: Any) -> None:
+    with pytest.raises(ConfigError) as caught:
+        NIMTask(name="tests.bad-ttl", nim=NIM_CONFIG, ttl=ttl)
+    assert caught.value.problems[0].field == "ttl"
+
+
+def test_nim_must_be_a_nim_config() -> None:
+    with pytest.raises(ConfigError, match="nim: dict given"):
+        NIMTask(name="tests.bad-nim", nim={"gpu": 1})  # type: ignore[arg-type]
+
+
+def test_a_workflow_using_nimtask_serializes_with_the_task_as_a_connector_task() -> None:
+    entities: OrderedDict[Any, Any] = OrderedDict()
+    get_serializable(entities, SETTINGS, wf)
+    template = get_serializable(entities, SETTINGS, llama).template
+    assert template.type == "nim"
+    assert template.container is None and template.k8s_pod is None
+    assert list(template.interface.outputs) == ["endpoint"]
+    assert from_custom(template.custom).nim == NIM_CONFIG
+
+
+def test_pyflyte_package_packs_the_example_workflow(tmp_path: Path) -> None:
+    out = tmp_path / "flyte-package.tgz"
+    subprocess.run(
+        [
+            str(Path(sys.executable).parent / "pyflyte"),
+            "--pkgs",
+            "nim_workflow",
+            "package",
+            "--image",
+            "ghcr.io/flyteorg/flytekit:py3.11-latest",
+            "-o",
+            str(out),
+        ],
+        cwd=ROOT / "examples",
+        check=True,
+        capture_output=True,
+    )
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("_llama3-8b_1.pb"))
+        data = tar.extractfile(member).read()  # type: ignore[union-attr]
+    spec = admin_task_pb2.TaskSpec()
+    spec.ParseFromString(data)
+    assert spec.template.type == "nim"
+    assert from_custom(TaskTemplate.from_flyte_idl(spec.template).custom).nim.gpu == 1
+
+
+@dataclass
+class FakeMeta(ResourceMeta):
+    endpoint: str
+
+
+class FakeNIMConnector(AsyncConnectorBase):  # type: ignore[misc]
+    """Stands in for the real connector: reads the custom back, 'deploys' instantly."""
+
+    def __init__(self) -> None:
+        super().__init__(task_type_name="nim", metadata_type=FakeMeta)
+        self.created: list[Any] = []
+
+    async def create(self, task_template: TaskTemplate, output_prefix: str, **_: Any) -> FakeMeta:
+        spec = from_custom(task_template.custom)
+        self.created.append(spec)
+        return FakeMeta(endpoint=f"http://fake.default.svc.cluster.local:{spec.nim.port}")
+
+    async def get(self, resource_meta: FakeMeta, **_: Any) -> Resource:
+        return Resource(phase=TaskExecution.SUCCEEDED, outputs={"endpoint": resource_meta.endpoint})
+
+    async def delete(self, resource_meta: FakeMeta, **_: Any) -> None:
+        return None
+
+
+def test_a_local_run_goes_through_the_connector_registered_for_nim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connector = FakeNIMConnector()
+    monkeypatch.setitem(ConnectorRegistry._REGISTRY, TaskCategory("nim", 0), connector)
+    result = wf(question="hi")
+    assert result == "http://fake.default.svc.cluster.local:8000 <- hi"
+    assert [spec.nim for spec in connector.created] == [NIM_CONFIG]
