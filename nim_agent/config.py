@@ -843,13 +843,12 @@ class NIM:
                 n for n in ("ngc_image_secret", "ngc_secret_key", "secrets_prefix") if n not in raw
             ]
             secret_problems.extend(Problem(f"secrets.{n}", "is required") for n in missing)
-            if not missing:
-                try:
-                    secrets = NIMSecrets(
-                        **{str(k): v for k, v in raw.items() if k in secret_fields}
-                    )
-                except ConfigError as exc:
-                    secret_problems.extend(exc.prefixed("secrets").problems)
+            given = {str(k): v for k, v in raw.items() if k in secret_fields}
+            try:
+                # Valid stand-ins for missing keys, so the keys that are there get checked too.
+                secrets = NIMSecrets(**{**_PLACEHOLDER_SECRETS.to_dict(), **given})
+            except ConfigError as exc:
+                secret_problems.extend(exc.prefixed("secrets").problems)
             if secret_problems:
                 secrets = None
             problems.extend(secret_problems)
