@@ -406,3 +406,29 @@ def test_quantities_parse_to_their_value(text: str, value: float) -> None:
 @pytest.mark.parametrize("text", ["20GB", "", "Gi", "1 Gi", "2K"])
 def test_malformed_quantities_do_not_parse(text: str) -> None:
     assert parse_quantity(text) is None
+
+
+def readme_table(heading: str) -> dict[str, str]:
+    """{parameter: default cell} of the reference table under `heading` in README.md."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = text.split(f"### {heading}\n", 1)[1].split("\n#", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \| ([^|]+) \|", section, re.M)
+    return {name: default.strip() for name, default in rows}
+
+
+@pytest.mark.parametrize("cls", [NIM, NIMSecrets], ids=["NIM", "NIMSecrets"])
+def test_the_readme_reference_lists_every_field_with_its_default(cls: type) -> None:
+    import ast
+    import dataclasses
+
+    table = readme_table(f"`{cls.__name__}`")
+    fields = dataclasses.fields(cls)
+    assert list(table) == [f.name for f in fields]
+    for f in fields:
+        if f.default is dataclasses.MISSING:
+            assert table[f.name] == "required", f.name
+        else:
+            assert ast.literal_eval(table[f.name].strip("`")) == f.default, f.name
