@@ -302,8 +302,12 @@ def test_the_sidecar_spec_reuses_the_pod_containers_and_volumes() -> None:
 
 
 def test_the_sidecar_pod_template_has_what_the_seed_describes() -> None:
+    from flytekit import PodTemplate
+    from kubernetes.client import V1PodSpec
+
     nim = load("seed")
     template = nim.pod_template
+    assert isinstance(template, PodTemplate) and isinstance(template.pod_spec, V1PodSpec)
     spec = template.pod_spec
     nim_container = spec.containers[0]
     assert nim_container.image == "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0"
