@@ -48,7 +48,7 @@ from nim_agent.render import (
 )
 from nim_agent.settings import ConnectorSettings, format_duration
 from nim_agent.status import Classification, Phase, StatusPolicy, classify, flyte_phase
-from nim_agent.task import TASK_TYPE, from_custom
+from nim_agent.spec import TASK_TYPE, from_custom
 
 if TYPE_CHECKING:
     from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
