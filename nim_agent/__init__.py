@@ -21,9 +21,18 @@ from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem
 if TYPE_CHECKING:
     from flytekit import PodTemplate
 
-    from nim_agent.task import NIMTask
+    from nim_agent.task import NIMTask, NIMTeardownTask
 
-__all__ = ["NIM", "ConfigError", "NIMSecrets", "NIMTask", "PodTemplate", "Problem", "__version__"]
+__all__ = [
+    "NIM",
+    "ConfigError",
+    "NIMSecrets",
+    "NIMTask",
+    "NIMTeardownTask",
+    "PodTemplate",
+    "Problem",
+    "__version__",
+]
 
 __version__ = "0.1.0"
 
@@ -34,6 +43,10 @@ def __getattr__(name: str) -> Any:
         from nim_agent.task import NIMTask
 
         return NIMTask
+    if name == "NIMTeardownTask":
+        from nim_agent.task import NIMTeardownTask
+
+        return NIMTeardownTask
     if name == "PodTemplate":
         from flytekit import PodTemplate
 

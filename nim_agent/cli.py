@@ -1,6 +1,9 @@
 """The `nim-agent` command.
 
     nim-agent render -f nim.yaml [--name NAME] [--namespace NS]
+    nim-agent serve [--port 8000] [--metrics-port 9090] [--workers 10]
+    nim-agent list [-n NS | -A]
+    nim-agent teardown NAME|ENDPOINT [-n NS]
 
 Exit status: 0 success, 2 invalid input (one line per problem on stderr, naming the field),
 1 anything else. Each subcommand imports what it needs only when it runs, so `nim-agent render`
@@ -13,6 +16,7 @@ Adding a subcommand: write `_add_<name>(subparsers)` that declares its arguments
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -125,9 +129,201 @@ def _read_config(path: str) -> object:
         raise InvalidInput([f"{path}: not valid YAML or JSON{where}: {problem}"]) from None
 
 
+# --------------------------------------------------------------------------- serve
+
+
+def _add_serve(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the connector: flytekit's gRPC connector server, the pod watch and cleanup",
+        description=(
+            "Serve the nim and nim-teardown task types over Flyte's connector gRPC protocol "
+            "(flytekit's server: AsyncAgentService, AgentMetadataService, gRPC health), with "
+            "Prometheus metrics (flyte_connector_* and nim_agent_*) on --metrics-port. Settings "
+            "come from NIM_AGENT_* env vars and the file named by NIM_AGENT_CONFIG."
+        ),
+    )
+    p.add_argument("--port", type=int, default=8000, help="gRPC port (default 8000)")
+    p.add_argument(
+        "--metrics-port", type=int, default=9090, help="Prometheus metrics port (default 9090)"
+    )
+    p.add_argument("--workers", type=int, default=10, help="gRPC worker threads (default 10)")
+    p.set_defaults(handler=_serve)
+
+
+def _load_settings() -> Any:
+    from nim_agent.config import ConfigError
+    from nim_agent.settings import ConnectorSettings
+
+    try:
+        return ConnectorSettings.load()
+    except ConfigError as exc:
+        raise InvalidInput([f"connector settings: {p}" for p in exc.problems]) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+
+    _load_settings()  # fail fast, with exit 2, on bad settings
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    # flytekit's own server (gRPC services, health, metrics port) -- reused rather than
+    # rebuilt; importing flytekit registers our connectors through the plugin entry point.
+    from flytekit.clis.sdk_in_container.serve import _start_grpc_server
+    from flytekit.extend.backend.base_connector import ConnectorRegistry
+
+    from nim_agent.spec import TASK_TYPE
+
+    connector = ConnectorRegistry.get_connector(TASK_TYPE)
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        main = asyncio.current_task()
+        assert main is not None
+        loop.add_signal_handler(signal.SIGTERM, main.cancel)
+        connector.start_background()
+        try:
+            await _start_grpc_server("Connector", args.port, args.metrics_port, args.workers, None)
+        finally:
+            await connector.stop_background()
+
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(run())
+    return 0
+
+
+# --------------------------------------------------------------------------- list
+
+
+def _add_list(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "list",
+        help="list NIM deployments with phase, age, endpoint and expiry",
+        description="List the NIM deployments nim-agent made (kubeconfig or in-cluster access).",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("-n", "--namespace", help="only this namespace")
+    where.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="every namespace (the default)"
+    )
+    p.set_defaults(handler=_list)
+
+
+def _list(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from nim_agent.kube import Kube, KubeError
+    from nim_agent.reaper import OWNED_BY_US, expires_at, policy_for
+    from nim_agent.render import ANNOTATION_ENDPOINT
+    from nim_agent.settings import format_duration
+    from nim_agent.status import StatusPolicy, classify
+
+    settings = _load_settings()
+
+    async def fetch() -> list[Any]:
+        kube = await Kube.connect()
+        try:
+            pods, _ = await kube.list_pods(args.namespace, label_selector=OWNED_BY_US)
+        finally:
+            await kube.close()
+        return pods
+
+    try:
+        pods = asyncio.run(fetch())
+    except KubeError as exc:
+        print(f"nim-agent list: {exc}", file=sys.stderr)
+        return 1
+    now = datetime.now(UTC)
+    base = StatusPolicy(
+        crashloop_restart_threshold=settings.crashloop_restart_threshold,
+        unschedulable_timeout=settings.unschedulable_timeout,
+    )
+    rows = [("NAMESPACE", "NAME", "PHASE", "AGE", "EXPIRES IN", "ENDPOINT")]
+    for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
+        meta = pod.get("metadata") or {}
+        endpoint = (meta.get("annotations") or {}).get(ANNOTATION_ENDPOINT, "")
+        phase = classify(pod, now=now, policy=policy_for(pod, base), endpoint=endpoint).phase
+        created = datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
+        expiry = expires_at(pod)
+        left = "-" if expiry is None else format_duration(max(expiry - now, now - now))
+        rows.append(
+            (
+                str(meta.get("namespace")),
+                str(meta.get("name")),
+                phase.value,
+                format_duration(now - created),
+                left,
+                endpoint,
+            )
+        )
+    if len(rows) == 1:
+        where = f"namespace {args.namespace}" if args.namespace else "any namespace"
+        print(f"No NIM deployments in {where}.")
+        return 0
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+# --------------------------------------------------------------------------- teardown
+
+
+def _add_teardown(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "teardown",
+        help="delete a NIM deployment now (by name or endpoint)",
+        description="Delete a NIM deployment's Pod and Service. Only deployments nim-agent made "
+        "are deleted; one already gone is not an error.",
+    )
+    p.add_argument("target", metavar="NAME|ENDPOINT", help="deployment name, or its endpoint URL")
+    p.add_argument("-n", "--namespace", help="namespace of NAME (not needed for an endpoint)")
+    p.set_defaults(handler=_teardown)
+
+
+def _teardown(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from nim_agent.config import check_dns_label
+    from nim_agent.render import deployment_of_endpoint
+
+    target: str = args.target
+    parsed = deployment_of_endpoint(target) if "://" in target else None
+    if "://" in target and parsed is None:
+        raise InvalidInput(
+            [f"ENDPOINT: {target!r} is not http://<name>.<namespace>.svc.cluster.local:<port>"]
+        )
+    if parsed is None:
+        if not args.namespace:
+            raise InvalidInput(["--namespace: required with a deployment NAME"])
+        problems = [f"NAME: {m}" for m in [check_dns_label(target)] if m]
+        problems += [f"--namespace: {m}" for m in [check_dns_label(args.namespace)] if m]
+        if problems:
+            raise InvalidInput(problems)
+        parsed = (target, args.namespace)
+    name, namespace = parsed
+    _load_settings()
+    from flytekit.extend.backend.base_connector import ConnectorRegistry
+
+    from nim_agent.kube import KubeError
+    from nim_agent.spec import TASK_TYPE
+
+    connector = ConnectorRegistry.get_connector(TASK_TYPE)
+    try:
+        print(asyncio.run(connector.teardown(namespace, name)))
+    except (KubeError, PermissionError) as exc:
+        print(f"nim-agent teardown: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --------------------------------------------------------------------------- entry point
 
-_COMMANDS: list[Callable[[Any], None]] = [_add_render]
+_COMMANDS: list[Callable[[Any], None]] = [_add_render, _add_serve, _add_list, _add_teardown]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ from flytekit.extend.backend.base_connector import (
     ConnectorRegistry,
     Resource,
     ResourceMeta,
+    SyncConnectorBase,
 )
 
 from nim_agent.config import ConfigError
@@ -42,22 +43,24 @@ from nim_agent.render import (
     NIM_CONTAINER,
     DeploymentIdentity,
     ExecutionIdentity,
+    deployment_of_endpoint,
     namespace_for,
     render_pod,
     render_service,
 )
 from nim_agent.settings import ConnectorSettings, format_duration
+from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
 from nim_agent.status import Classification, Phase, StatusPolicy, classify, flyte_phase
-from nim_agent.spec import TASK_TYPE, from_custom
 
 if TYPE_CHECKING:
+    from flytekit.models.literals import LiteralMap
     from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 
     from nim_agent.kube import Json, Kube
     from nim_agent.reaper import Reaper, Tombstones
     from nim_agent.watch import PodCache
 
-__all__ = ["NIMConnector", "NIMMetadata"]
+__all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector"]
 
 log = logging.getLogger(__name__)
 
@@ -377,6 +380,30 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             tombstones=self.tombstones,
         )
 
+    # -- teardown -------------------------------------------------------------------------
+
+    async def teardown(self, namespace: str, name: str) -> str:
+        """Delete one of our deployments now (the ``nim-teardown`` task, ``nim-agent teardown``).
+
+        Only pods nim-agent made are touched; a deployment already gone is success. Returns a
+        sentence saying what happened.
+        """
+        from nim_agent.reaper import TEARDOWN, delete_deployment
+
+        kube = await self.kube()
+        pod = await kube.get_pod(namespace, name)
+        if pod is None:
+            return f"NIM deployment {namespace}/{name} was already gone"
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+            raise PermissionError(
+                f"pod {namespace}/{name} was not made by nim-agent; not deleting it"
+            )
+        await delete_deployment(
+            kube, namespace, name, cause=TEARDOWN, detail="requested", tombstones=self.tombstones
+        )
+        return f"deleted NIM deployment {namespace}/{name}"
+
 
 # -- helpers ------------------------------------------------------------------------------
 
@@ -451,4 +478,38 @@ def _wants_events(result: Classification) -> bool:
     )
 
 
-ConnectorRegistry.register(NIMConnector())
+class NIMTeardownConnector(SyncConnectorBase):  # type: ignore[misc]
+    """Task type ``nim-teardown``: delete the deployment behind an ``endpoint`` right away."""
+
+    name = "NIM Teardown Connector"
+
+    def __init__(self, main: NIMConnector) -> None:
+        super().__init__(task_type_name=TEARDOWN_TASK_TYPE)
+        self._main = main
+
+    async def do(
+        self,
+        task_template: TaskTemplate,
+        output_prefix: str | None = None,
+        inputs: LiteralMap | None = None,
+        **kwargs: Any,
+    ) -> Resource:
+        endpoint = ""
+        if inputs is not None and "endpoint" in inputs.literals:
+            scalar = inputs.literals["endpoint"].scalar
+            endpoint = scalar.primitive.string_value if scalar and scalar.primitive else ""
+        target = deployment_of_endpoint(endpoint)
+        if target is None:
+            return Resource(
+                phase=TaskExecution.FAILED,
+                message=f"endpoint: {endpoint!r} is not the endpoint of a NIM deployment "
+                "(expected http://<name>.<namespace>.svc.cluster.local:<port>, as NIMTask outputs)",
+            )
+        name, namespace = target
+        message = await self._main.teardown(namespace, name)
+        return Resource(phase=TaskExecution.SUCCEEDED, message=message, outputs={})
+
+
+_nim = NIMConnector()
+ConnectorRegistry.register(_nim)
+ConnectorRegistry.register(NIMTeardownConnector(_nim))

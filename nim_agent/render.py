@@ -55,6 +55,7 @@ __all__ = [
     "DeploymentIdentity",
     "ExecutionIdentity",
     "deployment_name_for",
+    "deployment_of_endpoint",
     "endpoint_for",
     "local_deployment_name_for",
     "namespace_for",
@@ -141,6 +142,22 @@ def local_deployment_name_for(task_name: str, nonce: str | None = None) -> str:
 def endpoint_for(name: str, namespace: str, port: int) -> str:
     """The in-cluster URL of a deployment's Service."""
     return f"http://{name}.{namespace}.svc.cluster.local:{port}"
+
+
+_ENDPOINT = re.compile(
+    r"^http://(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?)\.(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+    r"\.svc(\.cluster\.local)?(:\d{1,5})?/?$"
+)
+
+
+def deployment_of_endpoint(endpoint: str) -> tuple[str, str] | None:
+    """(name, namespace) of the deployment behind an endpoint from `endpoint_for`, else None.
+
+    >>> deployment_of_endpoint("http://nim-e1-n0-0-ab12.flyte.svc.cluster.local:8000")
+    ('nim-e1-n0-0-ab12', 'flyte')
+    """
+    m = _ENDPOINT.match(endpoint.strip())
+    return (m["name"], m["namespace"]) if m else None
 
 
 def label_value(text: str) -> str:

@@ -28,6 +28,7 @@ __all__ = [
     "DEFAULT_TTL",
     "SCHEMA_VERSION",
     "TASK_TYPE",
+    "TEARDOWN_TASK_TYPE",
     "NIMTaskSpec",
     "check_ttl",
     "from_custom",
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 TASK_TYPE = "nim"
+TEARDOWN_TASK_TYPE = "nim-teardown"
 SCHEMA_VERSION = 1
 DEFAULT_TTL = timedelta(hours=2)
 

@@ -14,6 +14,7 @@ from nim_agent.spec import (
     DEFAULT_TTL,
     SCHEMA_VERSION,
     TASK_TYPE,
+    TEARDOWN_TASK_TYPE,
     NIMTaskSpec,
     check_ttl,
     from_custom,
@@ -29,7 +30,10 @@ from typing import Any
 from flytekit.configuration import SerializationSettings
 from flytekit.core.base_task import PythonTask
 from flytekit.core.interface import Interface
-from flytekit.extend.backend.base_connector import AsyncConnectorExecutorMixin
+from flytekit.extend.backend.base_connector import (
+    AsyncConnectorExecutorMixin,
+    SyncConnectorExecutorMixin,
+)
 
 from nim_agent.config import NIM, ConfigError, Problem
 
@@ -37,8 +41,10 @@ __all__ = [
     "DEFAULT_TTL",
     "SCHEMA_VERSION",
     "TASK_TYPE",
+    "TEARDOWN_TASK_TYPE",
     "NIMTask",
     "NIMTaskSpec",
+    "NIMTeardownTask",
     "from_custom",
     "from_proto",
     "to_custom",
@@ -92,5 +98,39 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
     def execute(self, **kwargs: Any) -> Any:
         """Local run (`pyflyte run`): the mixin calls the NIM connector in-process."""
         import nim_agent.connector  # noqa: F401  registers the connector with flytekit
+
+        return super().execute(**kwargs)
+
+
+class NIMTeardownTask(SyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
+    """A Flyte task that removes a NIM deployment as soon as the workflow is done with it.
+
+    Its input is the `endpoint` a NIMTask returned; the connector deletes that deployment's Pod
+    and Service (only deployments nim-agent made; one already gone is success). Without it the
+    server lives until its ttl.
+
+    Example::
+
+        teardown = NIMTeardownTask(name="llama3-8b-teardown")
+
+        @workflow
+        def wf(question: str) -> str:
+            endpoint = llama()
+            answer = ask(endpoint=endpoint, question=question)
+            answer >> teardown(endpoint=endpoint)
+            return answer
+    """
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        super().__init__(
+            task_type=TEARDOWN_TASK_TYPE,
+            name=name,
+            interface=Interface(inputs={"endpoint": str}, outputs={}),
+            **kwargs,
+        )
+
+    def execute(self, **kwargs: Any) -> Any:
+        """Local run (`pyflyte run`): the mixin calls the teardown connector in-process."""
+        import nim_agent.connector  # noqa: F401  registers the connectors with flytekit
 
         return super().execute(**kwargs)

@@ -7,7 +7,16 @@ import sys
 
 import nim_agent
 
-EXPECTED = ["NIM", "ConfigError", "NIMSecrets", "NIMTask", "PodTemplate", "Problem", "__version__"]
+EXPECTED = [
+    "NIM",
+    "ConfigError",
+    "NIMSecrets",
+    "NIMTask",
+    "NIMTeardownTask",
+    "PodTemplate",
+    "Problem",
+    "__version__",
+]
 
 
 def test_all_lists_exactly_the_public_names() -> None:
