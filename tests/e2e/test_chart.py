@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nim_agent.cli import build_parser
 from nim_agent.render import LABEL_MANAGED_BY, MANAGED_BY
 from nim_agent.settings import ConnectorSettings, parse_duration
 from nim_agent.status import Reason
@@ -266,6 +267,19 @@ def test_probes_are_grpc_health_checks_on_the_configured_port(helm: Path, tmp_pa
         svc_ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
         assert svc_ports["grpc"]["port"] == port
         assert svc_ports["grpc"]["targetPort"] == "grpc"
+
+
+def test_container_runs_serve_with_the_charts_ports_as_the_cli_parses_them(
+    helm: Path, tmp_path: Path
+) -> None:
+    values = {"ports": {"containerPort": 9443}, "metrics": {"port": 9191}}
+    values["extraArgs"] = ["--workers=4"]
+    docs = render(helm, values, tmp_path=tmp_path)
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "command" not in container  # the image's ENTRYPOINT is nim-agent
+    assert container["args"][0] == "serve"
+    args = build_parser().parse_args(container["args"])  # exits on a flag serve does not have
+    assert (args.port, args.metrics_port, args.workers) == (9443, 9191, 4)
 
 
 def test_chart_objects_are_never_selected_as_nim_deployments(helm: Path, tmp_path: Path) -> None:
