@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help setup test lint typecheck unit integration e2e cluster-build cluster-up cluster-down demo bench clean
+.PHONY: help setup test lint typecheck unit integration e2e cluster-build cluster-up cluster-down propeller-build demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -44,3 +44,9 @@ proto: setup ## regenerate nim_agent/_proto from proto/ (committed; a unit test 
 
 test: lint typecheck unit ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
+
+propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
+	devcluster/propeller/build.sh
+	mkdir -p .devcluster/bin
+	ln -sfn "$$(devcluster/propeller/build.sh --print-bin-dir)"/flytepropeller .devcluster/bin/flytepropeller
+	ln -sfn "$$(devcluster/propeller/build.sh --print-bin-dir)"/kubectl-flyte .devcluster/bin/kubectl-flyte
