@@ -11,9 +11,13 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,7 +30,8 @@ from packaging.specifiers import SpecifierSet
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
-CHART_VALUES = REPO_ROOT / "charts" / "nim-agent" / "values.yaml"
+CHART = REPO_ROOT / "charts" / "nim-agent"
+CHART_VALUES = CHART / "values.yaml"
 
 
 @dataclass
@@ -229,3 +234,87 @@ def test_image_entrypoint_answers_help(image_venv: Path, command: list[str]) -> 
     result = run([image_venv / "bin" / "nim-agent", *command, "--help"], cwd=image_venv)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "usage" in result.stdout.lower()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def grpc_health(port: int) -> str:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=2
+            )
+        except grpc.RpcError as e:
+            return f"unavailable ({e.code().name})"
+    return str(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+
+
+def test_image_serves_grpc_health_and_metrics_with_the_charts_settings(
+    image_venv: Path, helm: Path, tmp_path: Path
+) -> None:
+    # What the pod's probes see: `nim-agent serve` from the image's install, its settings file
+    # rendered by the chart, and an API server that is down (health must not depend on it).
+    rendered = run([helm, "template", "x", CHART, "--show-only", "templates/configmap.yaml"])
+    assert rendered.returncode == 0, rendered.stderr
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(yaml.safe_load(rendered.stdout)["data"]["settings.yaml"])
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "down", "cluster": {"server": "https://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "x"}}],
+                "contexts": [{"name": "down", "context": {"cluster": "down", "user": "u"}}],
+                "current-context": "down",
+            }
+        )
+    )
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(tmp_path),
+        "NIM_AGENT_CONFIG": str(settings),
+        "KUBECONFIG": str(kubeconfig),
+    }
+    log = tmp_path / "serve.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [
+                image_venv / "bin" / "nim-agent",
+                "serve",
+                f"--port={grpc_port}",
+                f"--metrics-port={metrics_port}",
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline, status = time.monotonic() + 60, ""
+        while time.monotonic() < deadline and server.poll() is None:
+            status = grpc_health(grpc_port)
+            if status == "SERVING":
+                break
+            time.sleep(0.5)
+        assert status == "SERVING", f"health: {status!r}; log:\n{log.read_text()[-3000:]}"
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            metrics = response.read().decode()
+        assert re.search(r"^nim_agent_\w+", metrics, re.M), metrics[:2000]
+        # Kubernetes stops pods with SIGTERM: the server exits well within the grace period.
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=20) == 0, log.read_text()[-3000:]
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
