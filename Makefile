@@ -42,7 +42,19 @@ unit: setup ## fast tests, no cluster
 proto: setup ## regenerate nim_agent/_proto from proto/ (committed; a unit test checks it is fresh)
 	$(PY) proto/generate.py
 
-test: lint typecheck unit ## every test suite (what CI runs)
+cluster-build: ## build or reuse the control-plane binaries (cached in ~/.cache/nim-agent), links in .devcluster/bin
+	DEVCLUSTER_BIN="$(CURDIR)/.devcluster/bin" devcluster/build.sh
+
+cluster-up: cluster-build ## start the local control plane unless running (kubeconfig: .devcluster/kubeconfig)
+	devcluster/cluster.sh up
+
+cluster-down: ## stop the local control plane, delete its state (nothing running: no-op)
+	devcluster/cluster.sh down
+
+integration: setup cluster-up ## tests against the local control plane
+	$(PYTEST) tests/integration
+
+test: lint typecheck unit integration ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
 
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
