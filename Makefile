@@ -16,7 +16,7 @@ PYTEST := $(VENV)/bin/pytest
 .PHONY: help setup test lint typecheck unit integration e2e cluster-build cluster-up cluster-down propeller-build demo bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)/uv
@@ -54,7 +54,10 @@ cluster-down: ## stop the local control plane, delete its state (nothing running
 integration: setup cluster-up ## tests against the local control plane
 	$(PYTEST) tests/integration
 
-test: lint typecheck unit integration ## every test suite (what CI runs)
+e2e: setup cluster-up propeller-build ## end-to-end tests: Helm chart, image packaging, connector, propeller
+	$(PYTEST) tests/e2e
+
+test: lint typecheck unit integration e2e ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
 
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
