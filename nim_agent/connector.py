@@ -50,7 +50,14 @@ from nim_agent.render import (
 )
 from nim_agent.settings import ConnectorSettings, format_duration
 from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
-from nim_agent.status import Classification, Phase, StatusPolicy, classify, flyte_phase
+from nim_agent.status import (
+    Classification,
+    LogRequest,
+    Phase,
+    StatusPolicy,
+    classify,
+    flyte_phase,
+)
 
 if TYPE_CHECKING:
     from flytekit.models.literals import LiteralMap
@@ -300,12 +307,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                 deletion_cause=cause,
             )
         if pod is not None and result.log_request is not None:
-            tail = await kube.pod_log_tail(
-                meta.namespace,
-                meta.name,
-                container=result.log_request.container,
-                previous=result.log_request.previous,
-            )
+            tail = await _log_tail(kube, meta, result.log_request)
             if tail:
                 result = classify(
                     pod,
@@ -459,6 +461,24 @@ def _deletion_cause(pod: Json | None) -> str | None:
     annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
     cause = annotations.get(ANNOTATION_DELETION_CAUSE)
     return str(cause) if cause else None
+
+
+async def _log_tail(kube: Kube, meta: NIMMetadata, request: LogRequest) -> str | None:
+    """The log tail for a failure message, best effort.
+
+    The apiserver proxies logs from the kubelet, which may be unreachable (node gone, network;
+    always on kwok's fake nodes) or forbidden (no pods/log RBAC): the failure is reported without
+    the tail rather than turned into a GetTask error, which flytepropeller would only retry.
+    """
+    from nim_agent.kube import KubeError
+
+    try:
+        return await kube.pod_log_tail(
+            meta.namespace, meta.name, container=request.container, previous=request.previous
+        )
+    except KubeError as exc:
+        log.warning("no log tail for pod %s/%s: %s", meta.namespace, meta.name, exc)
+        return None
 
 
 def _policy_for(pod: Json | None, base: StatusPolicy) -> StatusPolicy:
