@@ -22,6 +22,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
+from collections.abc import Coroutine
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -366,21 +368,36 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
     # -- delete ---------------------------------------------------------------------------
 
-    async def delete(self, resource_meta: NIMMetadata, **kwargs: Any) -> None:
-        """Abort: delete the Pod and the Service. Deleting what is gone is success."""
+    def delete(self, resource_meta: NIMMetadata, **kwargs: Any) -> None:
+        """Abort: delete the Pod and the Service. Deleting what is gone is success.
+
+        Deliberately synchronous: flytekit's local runner calls ``delete`` from its Ctrl-C
+        signal handler while its own event loop is running, where an ``async def`` cannot be
+        run (flytekit would try ``asyncio.run`` inside the running loop). The server calls it
+        in an executor thread. Either way it runs on a fresh loop of its own, in a helper thread
+        when the calling thread already runs one.
+        """
         meta = resource_meta
         if meta.error or not meta.name:
             return
+        _run_to_completion(self._delete(meta))
+
+    async def _delete(self, meta: NIMMetadata) -> None:
+        from nim_agent.kube import Kube
         from nim_agent.reaper import ABORT, delete_deployment
 
-        await delete_deployment(
-            await self.kube(),
-            meta.namespace,
-            meta.name,
-            cause=ABORT,
-            detail="the Flyte execution was aborted",
-            tombstones=self.tombstones,
-        )
+        kube = await Kube.connect()  # this loop is short-lived: its own client, closed after
+        try:
+            await delete_deployment(
+                kube,
+                meta.namespace,
+                meta.name,
+                cause=ABORT,
+                detail="the Flyte execution was aborted",
+                tombstones=self.tombstones,
+            )
+        finally:
+            await kube.close()
 
     # -- teardown -------------------------------------------------------------------------
 
@@ -408,6 +425,28 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
 
 # -- helpers ------------------------------------------------------------------------------
+
+
+def _run_to_completion(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` on a new event loop; in a helper thread if this thread runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        asyncio.run(coro)
+        return
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            asyncio.run(coro)
+        except BaseException as exc:  # re-raised in the caller's thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=target, name="nim-agent-delete")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
 
 
 def _execution_of(
