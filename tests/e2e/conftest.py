@@ -13,6 +13,17 @@ from pathlib import Path
 
 import pytest
 
+# The local control plane fixtures (kubeconfig_path, api_client, core_v1, a fresh `namespace`
+# per test, and the hook that lets `namespace` describe the cluster when a test failed) are the
+# integration suite's.
+from tests.integration.conftest import (  # noqa: F401
+    api_client,
+    core_v1,
+    kubeconfig_path,
+    namespace,
+    pytest_runtest_makereport,
+)
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
