@@ -54,13 +54,33 @@ healthy() {
     [ "$("$BIN/kubectl" --kubeconfig "$KUBECONFIG_OUT" --request-timeout=3s get --raw /readyz 2>/dev/null)" = ok ]
 }
 
-# wait_for SECONDS DESCRIPTION COMMAND...: poll COMMAND every 0.5 s until it succeeds
+# poll SECONDS COMMAND...: run COMMAND every 0.5 s until it succeeds; false after SECONDS
+poll() {
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $deadline ] || return 1
+    sleep 0.5
+  done
+}
+
+# wait_for SECONDS DESCRIPTION COMMAND...: poll, and fail the script on a timeout
 wait_for() {
   local timeout=$1 what=$2; shift 2
-  local deadline=$((SECONDS + timeout))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || die "timed out after ${timeout}s waiting for $what (logs: $CLUSTER_DIR/logs)"
-    sleep 0.5
+  poll "$timeout" "$@" || die "timed out after ${timeout}s waiting for $what (logs: $CLUSTER_DIR/logs)"
+}
+
+# Stop the processes kwokctl recorded for this cluster, by pid, when they are still ours (their
+# command line names the cluster folder), and forget them: a pid file left by a process that died
+# (a reboot, a killed session) makes `kwokctl start` believe the component runs.
+stop_recorded_processes() {
+  local pidfile pid
+  for pidfile in "$CLUSTER_DIR"/pids/*.pid; do
+    [ -f "$pidfile" ] || continue
+    pid=$(cat "$pidfile")
+    if [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF "$CLUSTER_DIR"; then
+      kill "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pidfile"
   done
 }
 
@@ -192,8 +212,9 @@ up() {
   if [ -d "$CLUSTER_DIR" ]; then
     # Left over from an earlier run (stopped processes, a reboot): restart it, else start afresh.
     log "restarting the existing cluster '$NAME'"
-    if kwokctl start cluster --timeout 2m >>"$STATE/cluster.log" 2>&1 &&
-       write_kubeconfig && wait_for 30 "the restarted apiserver" healthy; then
+    stop_recorded_processes
+    if kwokctl start cluster --timeout 30s >>"$STATE/cluster.log" 2>&1 &&
+       write_kubeconfig && poll 30 healthy; then
       :
     else
       log "restart failed (see $STATE/cluster.log); recreating the cluster"
@@ -222,13 +243,8 @@ down() {
     kwokctl delete cluster >>"$STATE/cluster.log" 2>&1 ||
       log "kwokctl delete cluster failed (see $STATE/cluster.log); stopping the recorded processes"
   fi
-  # Whatever kwokctl could not stop: the processes it recorded, by pid.
-  local pidfile pid
-  for pidfile in "$CLUSTER_DIR"/pids/*.pid; do
-    [ -f "$pidfile" ] || continue
-    pid=$(cat "$pidfile")
-    kill "$pid" 2>/dev/null || true
-  done
+  # Whatever kwokctl could not stop.
+  stop_recorded_processes
   rm -rf "$CLUSTER_DIR" "$KUBECONFIG_OUT"
   log "cluster '$NAME' stopped and deleted"
 }
