@@ -60,6 +60,9 @@ e2e: setup cluster-up propeller-build ## end-to-end tests: Helm chart, image pac
 test: lint typecheck unit integration e2e ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
 
+demo: setup cluster-up ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
+	devcluster/demo.sh
+
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
 	devcluster/propeller/build.sh
 	mkdir -p .devcluster/bin

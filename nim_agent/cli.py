@@ -313,8 +313,18 @@ def _teardown(args: argparse.Namespace) -> int:
     from nim_agent.spec import TASK_TYPE
 
     connector = ConnectorRegistry.get_connector(TASK_TYPE)
+
+    async def run() -> str:
+        from nim_agent.kube import Kube
+
+        try:
+            message: str = await connector.teardown(namespace, name)
+            return message
+        finally:
+            await Kube.close_for_current_loop()
+
     try:
-        print(asyncio.run(connector.teardown(namespace, name)))
+        print(asyncio.run(run()))
     except (KubeError, PermissionError) as exc:
         print(f"nim-agent teardown: {exc}", file=sys.stderr)
         return 1

@@ -22,6 +22,8 @@ Errors from the client never leave this module; they are mapped once, in :func:`
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
 import json
 import os
 import weakref
@@ -208,6 +210,7 @@ class Kube:
     _per_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Kube]] = (
         weakref.WeakKeyDictionary()
     )
+    _per_loop_atexit: ClassVar[bool] = False
     _locks: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = (
         weakref.WeakKeyDictionary()
     )
@@ -254,7 +257,27 @@ class Kube:
             if kube is None:
                 kube = await cls.connect()
                 cls._per_loop[loop] = kube
+                if not cls._per_loop_atexit:
+                    atexit.register(cls._close_idle_loops)
+                    cls._per_loop_atexit = True
         return kube
+
+    @classmethod
+    async def close_for_current_loop(cls) -> None:
+        """Close the running loop's client (e.g. at the end of an ``asyncio.run``)."""
+        kube = cls._per_loop.pop(asyncio.get_running_loop(), None)
+        if kube is not None:
+            await kube.close()
+
+    @classmethod
+    def _close_idle_loops(cls) -> None:
+        # At interpreter exit, close the sessions of loops that are still open but idle (such as
+        # flytekit's local connector loop), so aiohttp does not warn about unclosed sessions.
+        for loop, kube in list(cls._per_loop.items()):
+            if not loop.is_closed() and not loop.is_running():
+                with contextlib.suppress(Exception):
+                    loop.run_until_complete(kube.close())
+        cls._per_loop.clear()
 
     async def close(self) -> None:
         await self._api.close()
