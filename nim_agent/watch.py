@@ -26,11 +26,12 @@ import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 from nim_agent import metrics
-from nim_agent.kube import Gone, Json, Kube, KubeError
+from nim_agent.kube import Gone, Json, Kube, KubeError, PermanentKubeError
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+PERMANENT_ERROR_RETRY = 60.0  # seconds between watch attempts the API server refuses (RBAC)
 
 
 def _key(pod: Json) -> Key:
@@ -199,7 +200,15 @@ class PodCache:
                 self._fresh[scope] = False
                 metrics.WATCH_RESTARTS.labels("error").inc()
                 delay = backoff.next_delay()
+                if isinstance(exc, PermanentKubeError):
+                    # Forbidden / Unauthorized: a fix of RBAC or credentials is needed; meanwhile
+                    # GetTask reads pods directly. Retry rarely rather than spin.
+                    delay = PERMANENT_ERROR_RETRY
                 log.warning(
-                    "pod watch (%s) failed: %s; retrying in %.1fs", scope or "all", exc, delay
+                    "pod watch (%s) failed: %s; retrying in %.1fs (GetTask reads the API server "
+                    "directly meanwhile)",
+                    scope or "all",
+                    exc,
+                    delay,
                 )
                 await asyncio.sleep(delay)
