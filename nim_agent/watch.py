@@ -107,7 +107,8 @@ class PodCache:
         return iter(list(self._pods.values()))
 
     async def wait_synced(self) -> None:
-        """Wait until every scope has been listed once (bound it with ``asyncio.timeout``)."""
+        """Wait until every scope has been listed and its watch opened, so that lookups answer
+        from the cache (bound it with ``asyncio.timeout``)."""
         for event in self._synced.values():
             await event.wait()
 
@@ -168,7 +169,6 @@ class PodCache:
                         scope, label_selector=self._selector
                     )
                     await self._replace(scope, items)
-                    self._synced[scope].set()
                 stream = await kube.open_pod_watch(
                     scope,
                     label_selector=self._selector,
@@ -177,6 +177,7 @@ class PodCache:
                 )
                 # Connected: events missed while down are replayed from resource_version.
                 self._fresh[scope] = True
+                self._synced[scope].set()
                 backoff.reset()
                 try:
                     async for event in stream:
