@@ -42,7 +42,8 @@ def kubeconfig_path() -> Path:
     try:
         return ensure_running()
     except ClusterUnavailable as e:
-        pytest.fail(str(e), pytrace=False)
+        reason = str(e)
+    pytest.fail(reason, pytrace=False)
 
 
 @pytest.fixture(scope="session")
