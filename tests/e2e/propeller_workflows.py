@@ -1,0 +1,57 @@
+"""Workflows the flytepropeller tests run (devcluster/propeller/flyte_run.py create MODULE:NAME).
+
+Only connector tasks: kwok simulates pods but runs no containers, so a Python task could not
+run here. The step that consumes the endpoint is the teardown task (a sync connector task).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flytekit import workflow
+
+from nim_agent import NIM, NIMSecrets, NIMTask, NIMTeardownTask
+
+
+def nim_task(simulate: str) -> NIMTask:
+    return NIMTask(
+        name=f"llama-{simulate}",
+        nim=NIM(
+            secrets=NIMSecrets(
+                ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
+            ),
+            gpu=1,
+            labels={"nim-agent.dev/simulate": simulate},
+        ),
+        ttl=timedelta(minutes=30),
+    )
+
+
+ready = nim_task("ready")
+crashloop = nim_task("crashloop")
+never_ready = nim_task("never-ready")
+teardown = NIMTeardownTask(name="llama-teardown")
+
+
+@workflow
+def endpoint_wf() -> str:
+    """The NIM's endpoint is the workflow's output."""
+    return ready()
+
+
+@workflow
+def endpoint_then_teardown_wf() -> str:
+    """The next step consumes the endpoint: the teardown task removes the deployment."""
+    endpoint = ready()
+    teardown(endpoint=endpoint)
+    return endpoint
+
+
+@workflow
+def crashloop_wf() -> str:
+    return crashloop()
+
+
+@workflow
+def never_ready_wf() -> str:
+    return never_ready()
