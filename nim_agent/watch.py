@@ -192,6 +192,8 @@ class PodCache:
                 self._fresh[scope] = False
                 raise
             except Gone:
+                # Events were missed: until the relist is in, lookups go to the API server.
+                self._fresh[scope] = False
                 log.info("pod watch (%s): resourceVersion expired; listing again", scope or "all")
                 metrics.WATCH_RESTARTS.labels("expired").inc()
                 resource_version = None

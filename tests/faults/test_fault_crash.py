@@ -1,0 +1,220 @@
+"""The connector is SIGKILLed mid-work; a new one, given the calls Flyte retries, finishes the job
+and nothing is leaked.
+
+"Between creating the Pod and the Service" is hit without a test hook in the connector: a burst of
+concurrent CreateTasks keeps many deployments in that window at once, the connector is killed
+when the first pods appear, and the cluster state right after the kill shows how many pods were
+left without their Service (the test requires at least one, over a few rounds).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from kubernetes import client
+
+from tests.connector_server import ConnectorServer, delete_request
+from tests.faults.support import (
+    COUNTS,
+    TE,
+    Deployments,
+    exec_name,
+    our_pods,
+    our_services,
+    small,
+    try_get,
+    wait_phases,
+)
+
+SETTINGS = {
+    "NIM_AGENT_REAP_INTERVAL": "1s",
+    "NIM_AGENT_CRASHLOOP_RESTART_THRESHOLD": "2",
+}
+BURST = 40
+MAX_ROUNDS = 4
+
+
+class Connectors:
+    """Connector processes started one after the other (a crash, then its replacement)."""
+
+    def __init__(self, kubeconfig: Path, logs: Path) -> None:
+        self.kubeconfig, self.logs, self.started = kubeconfig, logs, []
+
+    def start(self) -> ConnectorServer:
+        n = len(self.started)
+        server = ConnectorServer(
+            self.kubeconfig, settings=SETTINGS, command="nim-agent", log_path=self.logs / f"{n}.log"
+        )
+        self.started.append(server.start())
+        return server
+
+    def kill(self, server: ConnectorServer) -> None:
+        server.kill()
+        COUNTS["faults injected (connector SIGKILLs)"] += 1
+
+
+@pytest.fixture
+def connectors(kubeconfig_path: Path, tmp_path: Path) -> Iterator[Connectors]:
+    c = Connectors(kubeconfig_path, tmp_path)
+    yield c
+    for server in c.started:
+        server.stop()
+
+
+def send_all(
+    call: Callable[..., Any], requests: dict[str, Any], timeout: float = 20
+) -> dict[str, Any]:
+    """Send every request at once (gRPC futures); name -> response, or the RpcError."""
+    futures = {name: call.future(req, timeout=timeout) for name, req in requests.items()}
+    results: dict[str, Any] = {}
+    for name, future in futures.items():
+        try:
+            results[name] = future.result()
+        except grpc.RpcError as exc:
+            results[name] = exc
+    return results
+
+
+def kill_when(server: ConnectorServer, connectors: Connectors, ready: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not ready():
+        assert time.monotonic() < deadline, "the burst never got going"
+        time.sleep(0.005)
+    connectors.kill(server)
+
+
+def test_sigkill_during_a_burst_of_creates_then_retried_creates_complete_every_deployment(
+    connectors: Connectors,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    between_total = 0
+    all_requests: dict[str, Any] = {}
+    rounds = 0
+    while rounds < MAX_ROUNDS and (rounds < 2 or between_total == 0):
+        rounds += 1
+        server = connectors.start()
+        d = deployments(server)
+        requests = {exec_name(): d.request(small()) for _ in range(BURST)}
+        all_requests.update(requests)
+        pods_before = len(our_pods(core_v1, namespace))
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(send_all, server.stub.CreateTask, requests)
+            # Kill once a third of this burst's pods exist: many creates are then mid-way.
+            kill_when(
+                server,
+                connectors,
+                lambda before=pods_before: len(our_pods(core_v1, namespace)) - before >= BURST // 3,
+            )
+            results = sent.result()
+        pods = {p.metadata.name for p in our_pods(core_v1, namespace)}
+        services = {s.metadata.name for s in our_services(core_v1, namespace)}
+        between = pods - services
+        between_total += len(between)
+        answered = {n for n, r in results.items() if not isinstance(r, grpc.RpcError)}
+        print(
+            f"round {rounds}: {len(answered)} creates answered, {len(pods)} pods, "
+            f"{len(between)} without their Service at the kill"
+        )
+        # A CreateTask answered before the kill has its Service already.
+        for name in answered:
+            assert d.pod_name(results[name].resource_meta) in services
+
+        # Flyte retries what failed; a new connector completes it.
+        replacement = connectors.start()
+        d.server = replacement
+        failed = {n: req for n, req in requests.items() if n not in answered}
+        retried = send_all(replacement.stub.CreateTask, failed)
+        for name, response in {**retried, **{n: results[n] for n in answered}}.items():
+            assert not isinstance(response, grpc.RpcError), (name, response)
+            d.metas[name] = response.resource_meta
+        wait_phases(replacement, dict.fromkeys(d.metas.values(), TE.SUCCEEDED), timeout=120)
+        connectors.started.remove(server)
+        COUNTS["CreateTasks retried after a connector kill"] += len(failed)
+
+    # Every deployment: one pod, and its Service owned by that pod.
+    pods = our_pods(core_v1, namespace)
+    assert len(pods) == len(all_requests) == rounds * BURST
+    uid = {p.metadata.name: p.metadata.uid for p in pods}
+    services = our_services(core_v1, namespace)
+    assert sorted(s.metadata.name for s in services) == sorted(uid)
+    for svc in services:
+        [owner] = svc.metadata.owner_references
+        assert owner.uid == uid[svc.metadata.name]
+    COUNTS["pods caught between Pod and Service creation by a kill"] += between_total
+    assert between_total >= 1, f"no kill landed between Pod and Service in {rounds} rounds"
+
+
+def test_sigkill_during_a_burst_of_aborts_then_retried_deletes_remove_everything(
+    connectors: Connectors,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    server = connectors.start()
+    d = deployments(server)
+    for _ in range(BURST):
+        d.create(small())
+    wait_phases(server, dict.fromkeys(d.metas.values(), TE.SUCCEEDED), timeout=120)
+
+    requests = {n: delete_request(m) for n, m in d.metas.items()}
+    with ThreadPoolExecutor(1) as pool:
+        sent = pool.submit(send_all, server.stub.DeleteTask, requests)
+        kill_when(
+            server, connectors, lambda: len(our_pods(core_v1, namespace)) <= BURST - BURST // 3
+        )
+        results = sent.result()
+    left = len(our_pods(core_v1, namespace))
+    failed = {n: r for n, r in requests.items() if isinstance(results[n], grpc.RpcError)}
+    print(f"{len(failed)} DeleteTasks failed by the kill; {left} pods left")
+    assert 0 < left < BURST
+
+    replacement = connectors.start()
+    d.server = replacement
+    retried = send_all(replacement.stub.DeleteTask, failed)
+    assert not [r for r in retried.values() if isinstance(r, grpc.RpcError)]
+    COUNTS["DeleteTasks retried after a connector kill"] += len(failed)
+    deadline = time.monotonic() + 30
+    while our_pods(core_v1, namespace) or our_services(core_v1, namespace):
+        assert time.monotonic() < deadline, "pods or services left after the retried aborts"
+        time.sleep(0.2)
+
+
+def test_sigkill_while_failed_servers_are_cleaned_up_a_new_connector_finishes_the_cleanup(
+    connectors: Connectors,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    server = connectors.start()
+    d = deployments(server)
+    for _ in range(12):
+        d.create(small("crashloop"))
+    # Polling makes the connector delete each failed server; kill it once the first has gone.
+    deadline = time.monotonic() + 90
+    while len(our_pods(core_v1, namespace)) == 12:
+        assert time.monotonic() < deadline, "no crash-looping server was cleaned up"
+        for meta in d.metas.values():
+            try_get(server, meta)
+    connectors.kill(server)
+    left = len(our_pods(core_v1, namespace))
+    print(f"{left} of 12 failed servers left at the kill")
+
+    replacement = connectors.start()
+    d.server = replacement
+    deadline = time.monotonic() + 60
+    while our_pods(core_v1, namespace) or our_services(core_v1, namespace):
+        assert time.monotonic() < deadline, "the new connector did not finish the cleanup"
+        time.sleep(0.5)
+    # Each task still ends in a failure phase (one the old connector reported, or "deleted by
+    # someone" once the new one has no memory of why: Flyte may retry those).
+    for meta in d.metas.values():
+        resource, error = try_get(replacement, meta)
+        assert not error and resource.phase in (TE.FAILED, TE.RETRYABLE_FAILED), error
