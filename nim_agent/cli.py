@@ -16,7 +16,6 @@ Adding a subcommand: write `_add_<name>(subparsers)` that declares its arguments
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -170,28 +169,61 @@ def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # flytekit's own server (gRPC services, health, metrics port) -- reused rather than
-    # rebuilt; importing flytekit registers our connectors through the plugin entry point.
-    from flytekit.clis.sdk_in_container.serve import _start_grpc_server
+    # flytekit's servicers, health service and metrics endpoint, as `pyflyte serve connector`
+    # assembles them. We assemble them here rather than call its `_start_grpc_server` because
+    # that one gives no handle to stop the server: on SIGTERM (every pod termination) we stop
+    # taking calls, let the ones in flight finish, then stop the watch and cleanup loop.
+    import grpc
+    from flyteidl.service.agent_pb2_grpc import (
+        add_AgentMetadataServiceServicer_to_server,
+        add_AsyncAgentServiceServicer_to_server,
+        add_SyncAgentServiceServicer_to_server,
+    )
+    from flytekit.clis.sdk_in_container.serve import (
+        _start_health_check_server,
+        _start_http_server,
+    )
     from flytekit.extend.backend.base_connector import ConnectorRegistry
+    from flytekit.extend.backend.connector_service import (
+        AsyncConnectorService,
+        ConnectorMetadataService,
+        SyncConnectorService,
+    )
 
+    from nim_agent.kube import Kube
     from nim_agent.spec import TASK_TYPE
 
-    connector = ConnectorRegistry.get_connector(TASK_TYPE)
+    connector = ConnectorRegistry.get_connector(TASK_TYPE)  # registered by `import flytekit`
 
     async def run() -> None:
-        loop = asyncio.get_running_loop()
-        main = asyncio.current_task()
-        assert main is not None
-        loop.add_signal_handler(signal.SIGTERM, main.cancel)
-        connector.start_background()
-        try:
-            await _start_grpc_server("Connector", args.port, args.metrics_port, args.workers, None)
-        finally:
-            await connector.stop_background()
+        from concurrent.futures import ThreadPoolExecutor
 
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(run())
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        _start_http_server(args.metrics_port)
+        server = grpc.aio.server(ThreadPoolExecutor(max_workers=args.workers))
+        add_AsyncAgentServiceServicer_to_server(AsyncConnectorService(), server)
+        add_SyncAgentServiceServicer_to_server(SyncConnectorService(), server)
+        add_AgentMetadataServiceServicer_to_server(ConnectorMetadataService(), server)
+        _start_health_check_server(server, args.workers)
+        server.add_insecure_port(f"[::]:{args.port}")
+        connector.start_background()
+        await server.start()
+        logging.getLogger("nim_agent").info(
+            "nim-agent serving task types nim, nim-teardown on :%d (metrics :%d)",
+            args.port,
+            args.metrics_port,
+        )
+        try:
+            await stop.wait()
+        finally:
+            await server.stop(grace=10)
+            await connector.stop_background()
+            await Kube.close_for_current_loop()
+
+    asyncio.run(run())
     return 0
 
 

@@ -23,10 +23,11 @@ import contextlib
 import json
 import logging
 import threading
-from collections.abc import Coroutine
+from collections import OrderedDict
+from collections.abc import Awaitable, Coroutine
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flyteidl.core.execution_pb2 import TaskExecution, TaskLog
 from flytekit.extend.backend.base_connector import (
@@ -54,7 +55,6 @@ from nim_agent.settings import ConnectorSettings, format_duration
 from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
 from nim_agent.status import (
     Classification,
-    LogRequest,
     Phase,
     StatusPolicy,
     classify,
@@ -72,6 +72,35 @@ if TYPE_CHECKING:
 __all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class _LastKnown:
+    """The last answer given for each deployment (bounded), to bridge API server outages."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self._capacity = capacity
+        self._answers: OrderedDict[tuple[str, str], Resource] = OrderedDict()
+
+    def remember(self, meta: NIMMetadata, resource: Resource) -> None:
+        key = (meta.namespace, meta.name)
+        self._answers[key] = resource
+        self._answers.move_to_end(key)
+        while len(self._answers) > self._capacity:
+            self._answers.popitem(last=False)
+
+    def answer(self, meta: NIMMetadata, problem: str) -> Resource:
+        note = f"the Kubernetes API server is unreachable ({problem}); retrying"
+        last = self._answers.get((meta.namespace, meta.name))
+        if last is None:
+            return Resource(phase=TaskExecution.RUNNING, message=f"State unknown: {note}.")
+        return Resource(
+            phase=last.phase,
+            message=f"{last.message} (last known state: {note})",
+            log_links=last.log_links,
+            outputs=last.outputs,
+            custom_info=last.custom_info,
+        )
 
 
 @dataclass
@@ -129,6 +158,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         self._settings = settings
         self._background: _Background | None = None
         self._tombstones: Tombstones | None = None
+        self._last_known = _LastKnown()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -288,37 +318,66 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     # -- get ------------------------------------------------------------------------------
 
     async def get(self, resource_meta: NIMMetadata, **kwargs: Any) -> Resource:
-        """Where the deployment stands: a Flyte phase, a message, and on success ``endpoint``."""
+        """Where the deployment stands: a Flyte phase, a message, and on success ``endpoint``.
+
+        A Kubernetes API outage is answered with the last known state, not an error:
+        flytepropeller fails a task after a handful of GetTask errors over its whole life, and
+        a NIM loading for 20 minutes must survive an API server restart.
+        """
+        from nim_agent.kube import PermanentKubeError, TemporaryKubeError
+
         meta = resource_meta
         if meta.error:
             return Resource(phase=TaskExecution.FAILED, message=meta.error)
+        try:
+            resource = await self._get(meta)
+        except TemporaryKubeError as exc:
+            return self._last_known.answer(meta, exc.message)
+        except PermanentKubeError as exc:
+            return Resource(
+                phase=TaskExecution.FAILED,
+                message=f"nim-agent cannot read pod {meta.namespace}/{meta.name}: {exc.message} "
+                "(check the connector's RBAC: get, list and watch on pods)",
+            )
+        self._last_known.remember(meta, resource)
+        return resource
+
+    async def _get(self, meta: NIMMetadata) -> Resource:
         kube = await self.kube()
         pod = await self._read_pod(kube, meta)
         now = datetime.now(UTC)
         cause = self.tombstones.get(meta.namespace, meta.name) or _deletion_cause(pod)
         policy = _policy_for(pod, self.policy)
-        result = classify(pod, now=now, policy=policy, endpoint=meta.endpoint, deletion_cause=cause)
-        if pod is not None and _wants_events(result):
-            events = await kube.pod_events(meta.namespace, meta.name)
-            result = classify(
+        events: list[Json] = []
+
+        def classified(log_tail: str | None = None) -> Classification:
+            return classify(
                 pod,
                 events=events,
                 now=now,
                 policy=policy,
                 endpoint=meta.endpoint,
+                log_tail=log_tail,
                 deletion_cause=cause,
             )
+
+        result = classified()
+        if pod is not None and _wants_events(result):
+            events = await _best_effort(kube.pod_events(meta.namespace, meta.name), [], meta)
+            result = classified()
         if pod is not None and result.log_request is not None:
-            tail = await _log_tail(kube, meta, result.log_request)
+            tail = await _best_effort(
+                kube.pod_log_tail(
+                    meta.namespace,
+                    meta.name,
+                    container=result.log_request.container,
+                    previous=result.log_request.previous,
+                ),
+                None,
+                meta,
+            )
             if tail:
-                result = classify(
-                    pod,
-                    now=now,
-                    policy=policy,
-                    endpoint=meta.endpoint,
-                    log_tail=tail,
-                    deletion_cause=cause,
-                )
+                result = classified(tail)
         await self._after(kube, meta, pod, result)
         return Resource(
             phase=flyte_phase(result.phase),
@@ -502,22 +561,19 @@ def _deletion_cause(pod: Json | None) -> str | None:
     return str(cause) if cause else None
 
 
-async def _log_tail(kube: Kube, meta: NIMMetadata, request: LogRequest) -> str | None:
-    """The log tail for a failure message, best effort.
+async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
+    """Extra detail for a message (events, a log tail): on any API error, do without it.
 
-    The apiserver proxies logs from the kubelet, which may be unreachable (node gone, network;
-    always on kwok's fake nodes) or forbidden (no pods/log RBAC): the failure is reported without
-    the tail rather than turned into a GetTask error, which flytepropeller would only retry.
+    Logs come through the kubelet, which may be unreachable (node gone; always on kwok's fake
+    nodes) or forbidden (no pods/log RBAC): the phase is still right without them.
     """
     from nim_agent.kube import KubeError
 
     try:
-        return await kube.pod_log_tail(
-            meta.namespace, meta.name, container=request.container, previous=request.previous
-        )
+        return await call
     except KubeError as exc:
-        log.warning("no log tail for pod %s/%s: %s", meta.namespace, meta.name, exc)
-        return None
+        log.warning("detail for pod %s/%s unavailable: %s", meta.namespace, meta.name, exc)
+        return fallback
 
 
 def _policy_for(pod: Json | None, base: StatusPolicy) -> StatusPolicy:
