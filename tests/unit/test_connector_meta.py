@@ -30,3 +30,26 @@ def test_metadata_round_trips_through_bytes() -> None:
 def test_garbage_resource_meta_decodes_to_an_error_not_an_exception(data: bytes) -> None:
     meta = NIMMetadata.decode(data)
     assert meta.error.startswith("resource_meta is not a nim-agent deployment reference")
+
+
+def test_an_api_outage_is_answered_with_the_last_known_state() -> None:
+    from flyteidl.core.execution_pb2 import TaskExecution
+    from flytekit.extend.backend.base_connector import Resource
+
+    from nim_agent.connector import _LastKnown
+
+    meta = NIMMetadata(namespace="ns", name="nim-a-1", endpoint="http://x")
+    last = _LastKnown(capacity=1)
+    unknown = last.answer(meta, "connection refused")
+    assert unknown.phase == TaskExecution.RUNNING
+    assert "connection refused" in unknown.message
+
+    last.remember(meta, Resource(phase=TaskExecution.INITIALIZING, message="Pulling image."))
+    bridged = last.answer(meta, "connection refused")
+    assert bridged.phase == TaskExecution.INITIALIZING
+    assert bridged.message.startswith("Pulling image.")
+    assert "last known state" in bridged.message
+
+    other = NIMMetadata(namespace="ns", name="nim-b-2")
+    last.remember(other, Resource(phase=TaskExecution.SUCCEEDED, message="ready"))
+    assert last.answer(meta, "x").phase == TaskExecution.RUNNING  # evicted: capacity 1
