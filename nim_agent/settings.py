@@ -234,17 +234,20 @@ def parse_duration(value: object) -> timedelta:
     """`90s`, `15m`, `2h`, `1h30m`, or a number of seconds, as a timedelta (ValueError if not)."""
     if isinstance(value, timedelta):
         return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip()
-        if re.fullmatch(r"\d+(\.\d+)?", text):
-            return timedelta(seconds=float(text))
-        m = _DURATION.match(text)
-        if text and m:
-            return timedelta(
-                hours=int(m["h"] or 0), minutes=int(m["m"] or 0), seconds=int(m["s"] or 0)
-            )
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            text = value.strip()
+            if re.fullmatch(r"\d+(\.\d+)?", text):
+                return timedelta(seconds=float(text))
+            m = _DURATION.match(text)
+            if text and m:
+                return timedelta(
+                    hours=int(m["h"] or 0), minutes=int(m["m"] or 0), seconds=int(m["s"] or 0)
+                )
+    except OverflowError:  # beyond timedelta's 999999999 days, or infinite
+        raise ValueError(f"{show(value)} is not a duration this side of year 10000") from None
     raise ValueError(f'{show(value)} is not a duration; use e.g. "90s", "15m", "2h" or "1h30m"')
 
 
