@@ -394,7 +394,9 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             if known and pod is not None:
                 return pod
         # Not in the cache (just created, namespace not watched, watch down): ask the server.
-        return await kube.get_pod(meta.namespace, meta.name)
+        pod = await kube.get_pod(meta.namespace, meta.name)
+        # resource_meta arrives over gRPC: a forged one must not read out a pod that is not ours.
+        return pod if _managed_by_us(pod) else None
 
     async def _after(
         self, kube: Kube, meta: NIMMetadata, pod: Json | None, result: Classification
@@ -447,6 +449,17 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
         kube = await Kube.connect()  # this loop is short-lived: its own client, closed after
         try:
+            pod = await kube.get_pod(meta.namespace, meta.name)
+            service = None if pod is not None else await kube.get_service(meta.namespace, meta.name)
+            found = pod if pod is not None else service
+            if found is not None and not _managed_by_us(found):
+                # resource_meta arrives over gRPC: never delete what nim-agent did not make.
+                log.warning(
+                    "DeleteTask for %s/%s: not a nim-agent deployment; nothing deleted",
+                    meta.namespace,
+                    meta.name,
+                )
+                return
             await delete_deployment(
                 kube,
                 meta.namespace,
@@ -546,6 +559,11 @@ def _same_deployment(existing: Json, wanted: Json) -> bool:
         return False
     keys = [k for k in want if k.startswith(LABEL_PREFIX) and k != LABEL_PREFIX + "simulate"]
     return all(have.get(k) == want[k] for k in keys)
+
+
+def _managed_by_us(obj: Json | None) -> bool:
+    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+    return bool(labels.get(LABEL_MANAGED_BY) == MANAGED_BY)
 
 
 def _refused(meta: NIMMetadata, why: str) -> NIMMetadata:
