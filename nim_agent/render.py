@@ -434,7 +434,19 @@ def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
             ("retry", str(e.retry)),
         ):
             ours[LABEL_PREFIX + key] = label_value(value)
-    return dict(sorted({**(nim.labels or {}), **ours}.items()))
+    return dict(sorted({**_users(nim.labels), **ours}.items()))
+
+
+def _users(keys: Mapping[str, str] | None) -> dict[str, str]:
+    """A user's labels or annotations without keys in nim-agent's own `nim-agent.dev/` prefix
+    (bar the local control plane's `nim-agent.dev/simulate*`): nim-agent reads them back (e.g.
+    the deletion cause, the Flyte identity of a local run), so a user must not be able to set them.
+    """
+    return {
+        k: v
+        for k, v in (keys or {}).items()
+        if not k.startswith(LABEL_PREFIX) or k.startswith(LABEL_PREFIX + "simulate")
+    }
 
 
 def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
@@ -487,7 +499,7 @@ def render_pod(
         },
         **_pod_spec(nim, settings or ConnectorSettings()),
     }
-    annotations = {**(nim.annotations or {}), **_our_annotations(nim, identity)}
+    annotations = {**_users(nim.annotations), **_our_annotations(nim, identity)}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",

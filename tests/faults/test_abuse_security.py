@@ -1,0 +1,437 @@
+"""Security: what the connector's pods may do, where they may go, what a user may claim, what the
+connector may see, and which permissions it needs.
+
+- Rendered pods are admitted in a namespace enforcing Pod Security ``restricted`` (and that
+  namespace does refuse a pod that is not).
+- A config cannot place a deployment in a namespace the connector's settings do not allow.
+- A user's labels and annotations cannot overwrite nim-agent's ownership labels, identity or ttl.
+- A known secret value, in the NGC Secret the pods reference, never appears in the connector's
+  log, in a GetTask answer (message, custom_info, log links) or in its metrics.
+- The connector works end to end with the chart's namespaced Role alone: a kubeconfig holding
+  only the chart ServiceAccount's token.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from google.protobuf import json_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from kubernetes import client
+
+from nim_agent.config import ConfigError
+from nim_agent.render import DeploymentIdentity, ExecutionIdentity, render
+from nim_agent.settings import ConnectorSettings
+from tests.cluster import DEVCLUSTER, REPO_ROOT
+from tests.connector_server import ConnectorServer, create_request, delete_request, execution
+from tests.faults.support import (
+    COUNTS,
+    TE,
+    Deployments,
+    exec_name,
+    get,
+    initializing,
+    nim,
+    our_pods,
+    our_services,
+    small,
+    template,
+    wait_phases,
+)
+
+SETTINGS = {"NIM_AGENT_REAP_INTERVAL": "1s", "NIM_AGENT_CRASHLOOP_RESTART_THRESHOLD": "2"}
+OWNERSHIP = {
+    "app.kubernetes.io/managed-by": "nim-agent",
+    "app.kubernetes.io/name": "nim",
+}
+
+
+def start(kubeconfig: Path, log: Path, **settings: str) -> ConnectorServer:
+    env = {**SETTINGS, **{f"NIM_AGENT_{k.upper()}": v for k, v in settings.items()}}
+    return ConnectorServer(kubeconfig, settings=env, command="nim-agent", log_path=log).start()
+
+
+@pytest.fixture
+def server(kubeconfig_path: Path, tmp_path: Path) -> Iterator[ConnectorServer]:
+    s = start(kubeconfig_path, tmp_path / "connector.log")
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def extra_namespace(core_v1: client.CoreV1Api) -> Iterator[str]:
+    """A second test namespace; the leak audit at session end looks into it too."""
+    name = f"t-extra-{uuid.uuid4().hex[:6]}"
+    core_v1.create_namespace({"metadata": {"name": name, "labels": {"nim-agent.dev/test": "true"}}})
+    yield name
+    left = our_pods(core_v1, name) + our_services(core_v1, name)
+    core_v1.delete_namespace(name)
+    assert not left, f"left in {name}: {[o.metadata.name for o in left]}"
+
+
+# -- Pod Security "restricted" --------------------------------------------------------------
+
+
+def test_rendered_pods_are_admitted_where_pod_security_restricted_is_enforced(
+    server: ConnectorServer,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    core_v1.patch_namespace(
+        namespace,
+        {
+            "metadata": {
+                "labels": {
+                    "pod-security.kubernetes.io/enforce": "restricted",
+                    "pod-security.kubernetes.io/enforce-version": "latest",
+                }
+            }
+        },
+    )
+    # The namespace really enforces it: a plain pod is refused.
+    with pytest.raises(client.ApiException) as refused:
+        core_v1.create_namespaced_pod(
+            namespace,
+            {
+                "metadata": {"name": "plain"},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1"}]},
+            },
+        )
+    assert refused.value.status == 403 and "restricted" in str(refused.value.body)
+
+    d = deployments(server)
+    metas = [
+        d.create(nim("ready")),
+        d.create(initializing("1s")),  # with the LoRA download init container
+        d.create(small()),  # no GPU
+        d.create(nim("ready", cache_pvc="nim-cache")),  # a PVC-backed cache
+    ]
+    for resource in [get(server, m) for m in metas]:
+        assert "Kubernetes refused" not in resource.message, resource.message
+    assert len(our_pods(core_v1, namespace)) == len(metas)
+    wait_phases(server, dict.fromkeys(metas[:3], TE.SUCCEEDED), timeout=60)
+    COUNTS["pods admitted under Pod Security restricted"] += len(metas)
+
+
+# -- namespaces the settings do not allow ---------------------------------------------------
+
+
+def test_a_config_cannot_choose_a_namespace_the_settings_do_not_allow(
+    kubeconfig_path: Path,
+    tmp_path: Path,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    extra_namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    allowed = f"t-allowed-{uuid.uuid4().hex[:6]}"
+    server = start(kubeconfig_path, tmp_path / "c.log", allowed_namespaces=allowed)
+    try:
+        d = deployments(server)
+        for target in (extra_namespace, "kube-system", "default"):
+            meta = d.create(nim("ready", namespace=target))
+            resource = get(server, meta)
+            assert resource.phase == TE.FAILED
+            assert "namespace" in resource.message and target in resource.message
+            assert allowed in resource.message  # says what is allowed
+            COUNTS["namespace escapes refused"] += 1
+        assert not our_pods(core_v1, extra_namespace)
+        assert not core_v1.list_namespaced_pod("kube-system", label_selector=OURS_SELECTOR).items
+        # The execution's own namespace is always fine.
+        meta = d.create(nim("ready", namespace=namespace))
+        wait_phases(server, {meta: TE.SUCCEEDED}, timeout=60)
+        d.abort_all()
+    finally:
+        server.stop()
+    # With the other namespace allowed, the same config goes there.
+    server = start(kubeconfig_path, tmp_path / "c2.log", allowed_namespaces=extra_namespace)
+    try:
+        d = deployments(server)
+        meta = d.create(nim("ready", namespace=extra_namespace))
+        wait_phases(server, {meta: TE.SUCCEEDED}, timeout=60)
+        assert len(our_pods(core_v1, extra_namespace)) == 1
+        d.abort_all()
+    finally:
+        server.stop()
+
+
+OURS_SELECTOR = "app.kubernetes.io/managed-by=nim-agent"
+
+
+# -- ownership labels -----------------------------------------------------------------------
+
+CLAIMS = {
+    "app.kubernetes.io/managed-by": "someone-else",
+    "app.kubernetes.io/name": "not-nim",
+    "app.kubernetes.io/instance": "victim",
+    "nim-agent.dev/deployment": "victim",
+    "nim-agent.dev/project": "other-project",
+    "nim-agent.dev/domain": "production",
+    "nim-agent.dev/execution": "other-execution",
+    "nim-agent.dev/node": "n9",
+    "nim-agent.dev/retry": "7",
+}
+ANNOTATION_CLAIMS = {
+    "nim-agent.dev/expires-at": "2999-01-01T00:00:00Z",
+    "nim-agent.dev/endpoint": "http://evil.example:80",
+    "nim-agent.dev/execution-id": "{}",
+    "nim-agent.dev/deletion-cause": "abort: pretend",
+}
+
+
+def test_user_labels_and_annotations_cannot_overwrite_ownership_identity_or_ttl(
+    server: ConnectorServer,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    d = deployments(server)
+    config = nim(
+        "ready",
+        labels={**CLAIMS, "nim-agent.dev/simulate": "ready", "team": "a"},
+        annotations=ANNOTATION_CLAIMS,
+    )
+    meta = d.create(config, ttl=timedelta(minutes=30))
+    resource = get(server, meta)
+    if resource.phase == TE.FAILED:  # refusing the claims outright is fine too
+        assert "labels" in resource.message or "annotations" in resource.message
+        return
+    [pod] = our_pods(core_v1, namespace)
+    [svc] = our_services(core_v1, namespace)
+    for obj in (pod, svc):
+        labels = obj.metadata.labels
+        assert labels["app.kubernetes.io/managed-by"] == "nim-agent"
+        assert labels["app.kubernetes.io/name"] == "nim"
+        assert labels["nim-agent.dev/deployment"] == pod.metadata.name
+        assert labels["app.kubernetes.io/instance"] == pod.metadata.name
+        assert labels["nim-agent.dev/project"] == "flytesnacks"
+        assert labels["nim-agent.dev/domain"] == "development"
+        assert labels["nim-agent.dev/node"] == "n0"
+        assert labels["nim-agent.dev/retry"] == "0"
+        assert labels["nim-agent.dev/execution"] != "other-execution"
+        assert labels["team"] == "a"
+    annotations = pod.metadata.annotations
+    assert not annotations["nim-agent.dev/expires-at"].startswith("2999")
+    assert annotations["nim-agent.dev/endpoint"].endswith(".svc.cluster.local:8000")
+    assert json.loads(annotations["nim-agent.dev/execution-id"])["node"] == "n0"
+    assert "nim-agent.dev/deletion-cause" not in annotations
+    # A pretended deletion cause does not fool GetTask into reporting an abort.
+    wait_phases(server, {meta: TE.SUCCEEDED}, timeout=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(sorted(CLAIMS))
+        | st.from_regex(r"[a-z]([a-z0-9.-]{0,20}/)?[a-z]{1,10}", fullmatch=True),
+        st.from_regex(r"[a-zA-Z0-9]([a-zA-Z0-9._-]{0,20}[a-zA-Z0-9])?", fullmatch=True),
+        max_size=8,
+    )
+)
+def test_no_user_label_map_changes_the_ownership_labels_of_the_rendered_objects(
+    labels: dict[str, str],
+) -> None:
+    COUNTS["bad inputs tried (user label maps)"] += 1
+    try:
+        config = nim("ready", labels=labels)
+    except ConfigError:
+        return  # refused outright: nothing rendered
+    identity = DeploymentIdentity.for_execution(
+        ExecutionIdentity("p", "d", "e1", "n0", 0), "ns", task_name="t"
+    )
+    for obj in render(config, identity, ConnectorSettings()):
+        have = obj["metadata"]["labels"]
+        assert {k: have[k] for k in OWNERSHIP} == OWNERSHIP
+        assert have["nim-agent.dev/deployment"] == identity.name
+        assert have["nim-agent.dev/execution"] == "e1"
+
+
+# -- a secret value never shows ---------------------------------------------------------------
+
+
+def test_a_secret_value_never_appears_in_the_connectors_log_answers_or_metrics(
+    server: ConnectorServer,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    secret_value = f"nvapi-SECRET-{uuid.uuid4().hex}"
+    core_v1.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "nim-secrets"}, "stringData": {"api_key": secret_value}},
+    )
+    d = deployments(server)
+    metas = [
+        d.create(nim("ready")),
+        d.create(nim("config-error")),  # the kubelet's message names the Secret
+        d.create(nim("crashloop")),  # a failure message with exit code and log tail
+        d.create(nim("image-pull-error")),
+        refused_config(server, namespace),  # a refused config
+        d.create(nim("ready", namespace="kube-system")),  # a refused namespace
+    ]
+    answers: list[str] = []
+    for _ in range(2):
+        wait_phases(
+            server,
+            {metas[0]: TE.SUCCEEDED, metas[1]: TE.FAILED, metas[2]: TE.FAILED},
+            timeout=90,
+        )
+        for meta in metas:
+            resource = get(server, meta)
+            answers.append(json_format.MessageToJson(resource))
+    for meta in metas:
+        server.stub.DeleteTask(delete_request(meta), timeout=30)
+    d.metas.clear()
+    pods = core_v1.list_namespaced_pod(namespace).items
+    text = {
+        "connector log": server.log_path.read_text(errors="replace"),
+        "GetTask answers": "\n".join(answers),
+        "metrics": server.metrics(),
+        "resource_meta": "\n".join(m.decode(errors="replace") for m in metas),
+        "pod specs": json.dumps([client.ApiClient().sanitize_for_serialization(p) for p in pods]),
+    }
+    encoded = base64.b64encode(secret_value.encode()).decode()
+    for where, content in text.items():
+        assert content, f"nothing to search in the {where}"
+        assert secret_value not in content, f"the secret value is in the {where}"
+        assert encoded not in content, f"the base64 secret value is in the {where}"
+    assert "nim-secrets" in text["GetTask answers"]  # the message names the Secret, not its value
+    COUNTS["places searched for a secret value"] += len(text)
+
+
+def refused_config(server: ConnectorServer, namespace: str) -> bytes:
+    tmpl = template(nim("ready"))
+    tmpl.custom.fields["nim"].struct_value.fields["mem"].string_value = "20GB"
+    request = create_request(tmpl, execution(exec_name()), namespace)
+    meta: bytes = server.stub.CreateTask(request, timeout=10).resource_meta
+    return meta
+
+
+# -- the chart's Role alone --------------------------------------------------------------------
+
+
+def chart_rbac(namespace: str, tmp_path: Path) -> list[dict[str, Any]]:
+    """The ServiceAccount, Role and RoleBinding the chart makes for a namespaced install."""
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"rbac": {"scope": "namespaces", "namespaces": [namespace]}}))
+    out = subprocess.run(
+        [
+            str(DEVCLUSTER / "bin" / "helm"),
+            "template",
+            "nim-agent",
+            str(REPO_ROOT / "charts" / "nim-agent"),
+            f"--namespace={namespace}",
+            f"--values={values}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    docs = [doc for doc in yaml.safe_load_all(out) if doc]
+    wanted = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
+    assert sorted(d["kind"] for d in wanted) == ["Role", "RoleBinding", "ServiceAccount"]
+    return wanted
+
+
+def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
+    """A kubeconfig with the admin's cluster entry and only a bearer token as credentials."""
+    admin = yaml.safe_load(admin_kubeconfig.read_text())
+    cluster = admin["clusters"][0]
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": "nim-agent", "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "nim-agent",
+                        "context": {"cluster": cluster["name"], "user": "nim-agent"},
+                    }
+                ],
+                "current-context": "nim-agent",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+def test_the_connector_works_end_to_end_with_the_charts_role_alone(
+    kubeconfig_path: Path,
+    api_client: client.ApiClient,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    extra_namespace: str,
+    tmp_path: Path,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    for doc in chart_rbac(namespace, tmp_path):
+        if doc["kind"] == "ServiceAccount":
+            core_v1.create_namespaced_service_account(namespace, doc)
+        elif doc["kind"] == "Role":
+            client.RbacAuthorizationV1Api(api_client).create_namespaced_role(namespace, doc)
+        else:
+            client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(namespace, doc)
+    token = core_v1.create_namespaced_service_account_token(
+        "nim-agent", namespace, {"spec": {"expirationSeconds": 3600}}
+    ).status.token
+    kubeconfig = token_kubeconfig(kubeconfig_path, token, tmp_path / "sa-kubeconfig")
+    server = start(kubeconfig, tmp_path / "sa.log", watch_namespaces=namespace)
+    try:
+        d = deployments(server)
+        ready = d.create(nim("ready"))
+        again = server.stub.CreateTask(d.request(nim("ready"), name=next(iter(d.metas))))
+        assert again.resource_meta == ready  # a retried create reads the existing pod
+        crashing = d.create(nim("crashloop"))
+        waiting = d.create(nim("ready", gpu=64))
+        expiring = d.create(nim("ready"), ttl=timedelta(seconds=5))
+        aborted = d.create(nim("ready"))
+        wait_phases(
+            server,
+            {
+                ready: TE.SUCCEEDED,
+                crashing: TE.FAILED,
+                waiting: TE.WAITING_FOR_RESOURCES,
+                aborted: TE.SUCCEEDED,
+            },
+            timeout=90,
+        )
+        server.stub.DeleteTask(delete_request(aborted), timeout=30)
+        server.stub.DeleteTask(delete_request(waiting), timeout=30)
+        wait_phases(server, {expiring: TE.FAILED}, timeout=60)  # removed by the ttl reaper
+        names = {p.metadata.name for p in our_pods(core_v1, namespace)}
+        assert names == {d.pod_name(ready)}, names
+        assert len(our_services(core_v1, namespace)) == 1
+        refused = server.metric("nim_agent_kube_requests_total", code="403")
+        assert refused == 0, server.log_tail()
+        # A namespace outside the Role: a clear FAILED, not a gRPC error.
+        outside = start(
+            kubeconfig,
+            tmp_path / "sa2.log",
+            watch_namespaces=namespace,
+            allowed_namespaces=extra_namespace,
+        )
+        try:
+            meta = Deployments(outside, namespace).create(nim("ready", namespace=extra_namespace))
+            resource = get(outside, meta)
+            assert resource.phase == TE.FAILED and "forbidden" in resource.message.lower()
+        finally:
+            outside.stop()
+        server.stub.DeleteTask(delete_request(ready), timeout=30)
+        COUNTS["deployments run with the chart's Role alone"] += len(d.metas)
+    finally:
+        server.stop()
