@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help setup test lint typecheck unit integration e2e cluster-build cluster-up cluster-down propeller-build demo bench clean
+.PHONY: help setup test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -57,7 +57,13 @@ integration: setup cluster-up ## tests against the local control plane
 e2e: setup cluster-up propeller-build ## end-to-end tests: Helm chart, image packaging, connector, propeller
 	$(PYTEST) tests/e2e
 
-test: lint typecheck unit integration e2e ## every test suite (what CI runs)
+faults: setup cluster-up ## fault, abuse, load and security suite (restarts the apiserver; leak audit at the end)
+	$(PYTEST) tests/faults
+
+soak: setup cluster-up ## the fault suite with its long variants: minutes of load, more generated inputs
+	NIM_AGENT_SOAK=1 NIM_AGENT_FUZZ_EXAMPLES=1000 NIM_AGENT_FUZZ_GRPC_EXAMPLES=300 $(PYTEST) tests/faults
+
+test: lint typecheck unit integration e2e faults ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
 
 demo: setup cluster-up ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
