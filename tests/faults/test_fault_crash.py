@@ -38,6 +38,7 @@ SETTINGS = {
 }
 BURST = 40
 MAX_ROUNDS = 4
+CLEANUP = 30
 
 
 class Connectors:
@@ -82,7 +83,7 @@ def send_all(
 
 
 def kill_when(server: ConnectorServer, connectors: Connectors, ready: Callable[[], bool]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while not ready():
         assert time.monotonic() < deadline, "the burst never got going"
         time.sleep(0.005)
@@ -174,7 +175,7 @@ def test_sigkill_during_a_burst_of_aborts_then_retried_deletes_remove_everything
     left = len(our_pods(core_v1, namespace))
     failed = {n: r for n, r in requests.items() if isinstance(results[n], grpc.RpcError)}
     print(f"{len(failed)} DeleteTasks failed by the kill; {left} pods left")
-    assert 0 < left < BURST
+    assert left < BURST
 
     replacement = connectors.start()
     d.server = replacement
@@ -195,17 +196,14 @@ def test_sigkill_while_failed_servers_are_cleaned_up_a_new_connector_finishes_th
 ) -> None:
     server = connectors.start()
     d = deployments(server)
-    for _ in range(12):
+    for _ in range(CLEANUP):
         d.create(small("crashloop"))
-    # Polling makes the connector delete each failed server; kill it once the first has gone.
-    deadline = time.monotonic() + 90
-    while len(our_pods(core_v1, namespace)) == 12:
-        assert time.monotonic() < deadline, "no crash-looping server was cleaned up"
-        for meta in d.metas.values():
-            try_get(server, meta)
-    connectors.kill(server)
+    # The reaper deletes each failed server (patch the cause, delete Pod, delete Service); kill
+    # the connector as soon as the first one has gone.
+    kill_when(server, connectors, lambda: len(our_pods(core_v1, namespace)) < CLEANUP)
     left = len(our_pods(core_v1, namespace))
-    print(f"{left} of 12 failed servers left at the kill")
+    print(f"{left} of {CLEANUP} failed servers left at the kill")
+    COUNTS["failed servers left mid-cleanup by a kill"] += left
 
     replacement = connectors.start()
     d.server = replacement
