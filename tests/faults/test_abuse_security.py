@@ -7,8 +7,9 @@ connector may see, and which permissions it needs.
 - A user's labels and annotations cannot overwrite nim-agent's ownership labels, identity or ttl.
 - A known secret value, in the NGC Secret the pods reference, never appears in the connector's
   log, in a GetTask answer (message, custom_info, log links) or in its metrics.
-- The connector works end to end with the chart's namespaced Role alone: a kubeconfig holding
-  only the chart ServiceAccount's token.
+- The connector works end to end with the chart's RBAC alone, for both scopes (namespaced Role,
+  ClusterRole): a kubeconfig holding only the chart ServiceAccount's token, and the settings file
+  of the chart's ConfigMap.
 """
 
 from __future__ import annotations
@@ -321,10 +322,14 @@ def refused_config(server: ConnectorServer, namespace: str) -> bytes:
 # -- the chart's Role alone --------------------------------------------------------------------
 
 
-def chart_rbac(namespace: str, tmp_path: Path) -> list[dict[str, Any]]:
-    """The ServiceAccount, Role and RoleBinding the chart makes for a namespaced install."""
-    values = tmp_path / "values.yaml"
-    values.write_text(yaml.safe_dump({"rbac": {"scope": "namespaces", "namespaces": [namespace]}}))
+def chart_objects(namespace: str, tmp_path: Path, scope: str) -> list[dict[str, Any]]:
+    """What the chart makes for the connector's identity: its ServiceAccount, RBAC objects and
+    settings ConfigMap (the Deployment, Service and the rest are not needed here)."""
+    rbac: dict[str, Any] = {"scope": scope}
+    if scope == "namespaces":
+        rbac["namespaces"] = [namespace]
+    values = tmp_path / f"values-{scope}.yaml"
+    values.write_text(yaml.safe_dump({"rbac": rbac}))
     out = subprocess.run(
         [
             str(DEVCLUSTER / "bin" / "helm"),
@@ -339,10 +344,22 @@ def chart_rbac(namespace: str, tmp_path: Path) -> list[dict[str, Any]]:
         timeout=60,
         check=True,
     ).stdout
-    docs = [doc for doc in yaml.safe_load_all(out) if doc]
-    wanted = [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
-    assert sorted(d["kind"] for d in wanted) == ["Role", "RoleBinding", "ServiceAccount"]
-    return wanted
+    kinds = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    return [d for d in docs if d["kind"] in kinds or d["kind"] == "ConfigMap"]
+
+
+def apply_as_admin(api_client: client.ApiClient, namespace: str, doc: dict[str, Any]) -> None:
+    core, rbac = client.CoreV1Api(api_client), client.RbacAuthorizationV1Api(api_client)
+    create = {
+        "ServiceAccount": lambda: core.create_namespaced_service_account(namespace, doc),
+        "ConfigMap": lambda: core.create_namespaced_config_map(namespace, doc),
+        "Role": lambda: rbac.create_namespaced_role(namespace, doc),
+        "RoleBinding": lambda: rbac.create_namespaced_role_binding(namespace, doc),
+        "ClusterRole": lambda: rbac.create_cluster_role(doc),
+        "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(doc),
+    }
+    create[doc["kind"]]()
 
 
 def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
@@ -370,6 +387,7 @@ def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
     return path
 
 
+@pytest.mark.parametrize("scope", ["namespaces", "cluster"])
 def test_the_connector_works_end_to_end_with_the_charts_role_alone(
     kubeconfig_path: Path,
     api_client: client.ApiClient,
@@ -378,19 +396,46 @@ def test_the_connector_works_end_to_end_with_the_charts_role_alone(
     extra_namespace: str,
     tmp_path: Path,
     deployments: Callable[[ConnectorServer], Deployments],
+    scope: str,
 ) -> None:
-    for doc in chart_rbac(namespace, tmp_path):
-        if doc["kind"] == "ServiceAccount":
-            core_v1.create_namespaced_service_account(namespace, doc)
-        elif doc["kind"] == "Role":
-            client.RbacAuthorizationV1Api(api_client).create_namespaced_role(namespace, doc)
-        else:
-            client.RbacAuthorizationV1Api(api_client).create_namespaced_role_binding(namespace, doc)
+    objects = chart_objects(namespace, tmp_path, scope)
+    cluster_scoped = [d for d in objects if d["kind"].startswith("Cluster")]
+    assert bool(cluster_scoped) == (scope == "cluster")
+    try:
+        for doc in objects:
+            apply_as_admin(api_client, namespace, doc)
+        [config_map] = [d for d in objects if d["kind"] == "ConfigMap"]
+        (tmp_path / "settings.yaml").write_text(config_map["data"]["settings.yaml"])
+        run_with_the_charts_identity(
+            kubeconfig_path, core_v1, namespace, extra_namespace, tmp_path, deployments, scope
+        )
+    finally:
+        rbac = client.RbacAuthorizationV1Api(api_client)
+        for doc in cluster_scoped:  # outlive the namespace otherwise
+            delete = (
+                rbac.delete_cluster_role
+                if doc["kind"] == "ClusterRole"
+                else rbac.delete_cluster_role_binding
+            )
+            delete(doc["metadata"]["name"])
+
+
+def run_with_the_charts_identity(
+    kubeconfig_path: Path,
+    core_v1: client.CoreV1Api,
+    namespace: str,
+    extra_namespace: str,
+    tmp_path: Path,
+    deployments: Callable[[ConnectorServer], Deployments],
+    scope: str,
+) -> None:
     token = core_v1.create_namespaced_service_account_token(
         "nim-agent", namespace, {"spec": {"expirationSeconds": 3600}}
     ).status.token
     kubeconfig = token_kubeconfig(kubeconfig_path, token, tmp_path / "sa-kubeconfig")
-    server = start(kubeconfig, tmp_path / "sa.log", watch_namespaces=namespace)
+    # The chart's settings file (its ConfigMap), with the test's shorter intervals on top.
+    settings = {"config": str(tmp_path / "settings.yaml")}
+    server = start(kubeconfig, tmp_path / "sa.log", **settings)
     try:
         d = deployments(server)
         ready = d.create(nim("ready"))
@@ -418,12 +463,13 @@ def test_the_connector_works_end_to_end_with_the_charts_role_alone(
         assert len(our_services(core_v1, namespace)) == 1
         refused = server.metric("nim_agent_kube_requests_total", code="403")
         assert refused == 0, server.log_tail()
+        server.stub.DeleteTask(delete_request(ready), timeout=30)
+        COUNTS["deployments run with the chart's RBAC alone"] += len(d.metas)
+        if scope == "cluster":
+            return
         # A namespace outside the Role: a clear FAILED, not a gRPC error.
         outside = start(
-            kubeconfig,
-            tmp_path / "sa2.log",
-            watch_namespaces=namespace,
-            allowed_namespaces=extra_namespace,
+            kubeconfig, tmp_path / "sa2.log", allowed_namespaces=extra_namespace, **settings
         )
         try:
             meta = Deployments(outside, namespace).create(nim("ready", namespace=extra_namespace))
@@ -431,7 +477,5 @@ def test_the_connector_works_end_to_end_with_the_charts_role_alone(
             assert resource.phase == TE.FAILED and "forbidden" in resource.message.lower()
         finally:
             outside.stop()
-        server.stub.DeleteTask(delete_request(ready), timeout=30)
-        COUNTS["deployments run with the chart's Role alone"] += len(d.metas)
     finally:
         server.stop()
