@@ -152,6 +152,41 @@ def test_apiserver_restart_with_deployments_in_every_phase(
     control_plane.heal()
 
 
+def test_a_connector_started_while_the_apiserver_is_down_serves_once_it_is_back(
+    kubeconfig_path: Path,
+    server: ConnectorServer,
+    control_plane: ControlPlane,
+    namespace: str,
+    tmp_path: Path,
+    deployments: Callable[[ConnectorServer], Deployments],
+) -> None:
+    d = deployments(server)
+    metas = {d.create(nim("ready")): TE.SUCCEEDED, d.create(nim("never-ready")): TE.RUNNING}
+    wait_phases(server, metas, timeout=60)
+    server.kill()
+    COUNTS["faults injected (connector SIGKILLs)"] += 1
+    control_plane.kill("kube-apiserver")
+    try:
+        # Both come back after, say, a node reboot: the connector first.
+        late = ConnectorServer(
+            kubeconfig_path, settings=SETTINGS, command="nim-agent", log_path=tmp_path / "2.log"
+        ).start()
+    finally:
+        control_plane.start_missing()
+        control_plane.wait_ready()
+    back = time.monotonic()
+    try:
+        d.server = late
+        wait_phases(late, metas, timeout=BACK_WITHIN_S, interval=0.05)
+        assert time.monotonic() - back <= BACK_WITHIN_S
+        # An abort sent now works too (the tracker aborts the rest through this connector).
+        late.stub.DeleteTask(delete_request(next(iter(metas))), timeout=10)
+        d.abort_all()
+    finally:
+        late.stop()
+        control_plane.heal()
+
+
 # -- 410 Gone: a watch whose resourceVersion is too old relists and carries on ----------------
 
 
