@@ -144,6 +144,9 @@ class PodCache:
         if kind == "DELETED":
             self._pods.pop(key, None)
         else:
+            # Server-side-apply bookkeeping, which nothing here reads: half of a pod's memory
+            # (make bench: 47.8 KiB per cached pod with it, 22.4 KiB without).
+            (pod.get("metadata") or {}).pop("managedFields", None)
             self._pods[key] = pod
         if self._on_event is not None:
             self._on_event(kind, pod)
