@@ -69,6 +69,10 @@ test: lint typecheck unit integration e2e faults ## every test suite (what CI ru
 demo: setup cluster-up ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
 	devcluster/demo.sh
 
+BENCH_ARGS ?=
+bench: setup ## benchmarks vs the naive connector on a control plane of their own (~12 min; JSON in benchmarks/results/)
+	benchmarks/run.sh $(BENCH_ARGS)
+
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
 	devcluster/propeller/build.sh
 	mkdir -p .devcluster/bin
