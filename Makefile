@@ -70,7 +70,7 @@ demo: setup cluster-up ## the main job end to end on the local control plane (co
 	devcluster/demo.sh
 
 BENCH_ARGS ?=
-bench: setup ## benchmarks vs the naive connector on a control plane of their own (~12 min; JSON in benchmarks/results/)
+bench: setup ## benchmarks vs the naive connector on a control plane of their own (6-10 min; JSON in benchmarks/results/)
 	benchmarks/run.sh $(BENCH_ARGS)
 
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
