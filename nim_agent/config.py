@@ -482,6 +482,11 @@ class NIM:
     lora_downloader_image: str | None = None
     """Image of the adapter download container: python3 and huggingface_hub, no pip at start.
     None: the connector's setting, else the NIM image itself (which ships both)."""
+    download_inputs: bool = False
+    """Sidecar form only: an init container downloads the task's inputs (FlyteFiles too) to
+    /shared/inputs.json and /shared/inputs/, a volume the NIM container also mounts."""
+    inputs_mem: str = "500Mi"
+    """Memory (requests = limits) of the input download container."""
 
     def __post_init__(self) -> None:
         for name in ("env", "node_selector", "labels", "annotations"):
@@ -564,6 +569,10 @@ class NIM:
             add(name, check_int(getattr(self, name), 1, None, "an integer of 1 or more"))
         if self.lora_downloader_image is not None:
             add("lora_downloader_image", check_image(self.lora_downloader_image))
+        download: object = self.download_inputs
+        if not isinstance(download, bool):
+            add("download_inputs", f"{show(download)} is not true or false")
+        add("inputs_mem", check_memory(self.inputs_mem))
         return found
 
     def _env_problems(self) -> list[Problem]:

@@ -66,6 +66,8 @@ _SCALARS = (
     "liveness_period_seconds",
     "liveness_failure_threshold",
     "lora_downloader_image",
+    "download_inputs",
+    "inputs_mem",
 )
 _MAPS = ("node_selector", "labels", "annotations")
 _SECRET_OPTIONALS = ("ngc_secret_group", "hf_token_group", "hf_token_key")

@@ -71,6 +71,16 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
     def __init__(self, name: str, nim: NIM, ttl: timedelta = DEFAULT_TTL, **kwargs: Any) -> None:
         if not isinstance(nim, NIM):
             raise ConfigError([Problem("nim", f"{type(nim).__name__} given; use NIM(...)")])
+        if nim.download_inputs:
+            raise ConfigError(
+                [
+                    Problem(
+                        "download_inputs",
+                        "applies to the sidecar form (NIM(...).pod_template) only: a NIMTask has "
+                        "no inputs to download; leave it False",
+                    )
+                ]
+            )
         self._nim = nim
         self._ttl = check_ttl(ttl)
         super().__init__(

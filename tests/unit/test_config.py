@@ -383,6 +383,8 @@ def test_to_dict_and_from_dict_round_trip_every_field() -> None:
         liveness_period_seconds=20,
         liveness_failure_threshold=4,
         lora_downloader_image="python:3.12-slim",
+        download_inputs=True,
+        inputs_mem="1Gi",
     )
     nim = NIM.from_dict(copy.deepcopy(data))
     assert nim.to_dict() == data

@@ -83,6 +83,8 @@ def everything() -> NIM:
         liveness_period_seconds=20,
         liveness_failure_threshold=4,
         lora_downloader_image="python:3.12-slim",
+        download_inputs=True,
+        inputs_mem="1Gi",
     )
 
 
