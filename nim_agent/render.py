@@ -517,9 +517,14 @@ def render_pod(
 def render_service(
     nim: NIM, identity: DeploymentIdentity, pod_uid: str | None = None
 ) -> dict[str, Any]:
-    """The ClusterIP Service in front of the Pod, annotated for Prometheus (/v1/metrics).
+    """The headless Service in front of the Pod, annotated for Prometheus (/v1/metrics).
 
-    With `pod_uid` it is owned by the Pod, so deleting the Pod deletes it.
+    Headless (`clusterIP: None`): one pod needs no virtual IP, the cluster DNS answers the
+    Service name with the pod's own address once it is ready, and no ClusterIP is allocated
+    (the API server's slowest write under bursts, and a range large fleets would exhaust).
+    Without a virtual IP there is no port translation, so the Service port is the container
+    port and the endpoint URL keeps its form. With `pod_uid` it is owned by the Pod, so
+    deleting the Pod deletes it.
     """
     annotations = {
         **_our_annotations(nim, identity),
@@ -542,9 +547,10 @@ def render_service(
         },
         "spec": {
             "type": "ClusterIP",
+            "clusterIP": "None",
             "selector": {LABEL_DEPLOYMENT: identity.name},
             "ports": [
-                {"name": "http", "port": nim.port, "targetPort": PORT_NAME, "protocol": "TCP"}
+                {"name": "http", "port": nim.port, "targetPort": nim.port, "protocol": "TCP"}
             ],
         },
     }

@@ -230,6 +230,19 @@ def test_the_service_selects_the_pod_is_owned_by_it_and_is_scraped() -> None:
     assert "ownerReferences" not in render_service(NIM(secrets=SECRETS), IDENTITY)["metadata"]
 
 
+@pytest.mark.parametrize("port", [8000, 9123])
+def test_the_service_is_headless_and_its_port_is_the_containers(port: int) -> None:
+    nim = NIM(secrets=SECRETS, port=port)
+    pod, service = render_pod(nim, IDENTITY), render_service(nim, IDENTITY)
+    # No virtual IP, so no port translation: the endpoint's port must be the pod's own.
+    assert service["spec"]["clusterIP"] == "None"
+    (container_port,) = pod["spec"]["containers"][0]["ports"]
+    (service_port,) = service["spec"]["ports"]
+    assert service_port["port"] == service_port["targetPort"] == container_port["containerPort"]
+    assert service["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert IDENTITY.endpoint(port).endswith(f":{port}")
+
+
 def test_the_endpoint_is_the_services_cluster_dns_name() -> None:
     pod, service = rendered("minimal")
     name = service["metadata"]["name"]
