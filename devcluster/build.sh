@@ -93,6 +93,8 @@ import (
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
 	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 	_ "k8s.io/kubernetes/cmd/kubectl"
+	_ "k8s.io/kubernetes/cmd/kubelet"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 )
 GO
   local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor%%.*} -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
@@ -104,6 +106,24 @@ GO
     || die "go build of Kubernetes $K8S_VERSION failed (last lines: $(tail -5 "$LOG" | tr '\n' ' '))"
   finish "$tmp" "$dest"
   log "built Kubernetes $K8S_VERSION in $((SECONDS - t0))s"
+}
+
+# The real node's binaries (kubelet, kube-proxy) from the same wrapper module, in a folder of their
+# own: a control plane without them still works for everything but the real node.
+build_kubernetes_node() {
+  local dest="$CACHE/bin/kubernetes-node-$K8S_VERSION"
+  have "$dest" kubelet kube-proxy && return 0
+  need_go
+  local t0=$SECONDS src="$CACHE/src/kubernetes-$K8S_VERSION" minor="${K8S_VERSION#v1.}"
+  log "building kubelet and kube-proxy $K8S_VERSION"
+  local ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor%%.*} -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean -X k8s.io/component-base/version.buildDate=1970-01-01T00:00:00Z"
+  local tmp="$dest.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  ( cd "$src" && go build -trimpath -ldflags "$ldflags" -o "$tmp/" \
+      k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy ) >>"$LOG" 2>&1 \
+    || die "go build of kubelet/kube-proxy $K8S_VERSION failed (last lines: $(tail -5 "$LOG" | tr '\n' ' '))"
+  finish "$tmp" "$dest"
+  log "built kubelet and kube-proxy $K8S_VERSION in $((SECONDS - t0))s"
 }
 
 build_etcd() {
@@ -175,12 +195,14 @@ build_kwok
 build_helm
 build_etcd
 build_kubernetes
+build_kubernetes_node
 
 # One folder of links, as the Makefile and tests expect them.
 link_dir="${DEVCLUSTER_BIN:-$CACHE/bin/current}"
 mkdir -p "$link_dir"
 for f in "$CACHE/bin/kubernetes-$K8S_VERSION"/* "$CACHE/bin/etcd-$ETCD_VERSION"/* \
-         "$CACHE/bin/kwok-$KWOK_VERSION"/* "$CACHE/bin/helm-$HELM_VERSION"/*; do
+         "$CACHE/bin/kwok-$KWOK_VERSION"/* "$CACHE/bin/helm-$HELM_VERSION"/* \
+         "$CACHE/bin/kubernetes-node-$K8S_VERSION"/*; do
   ln -sfn "$f" "$link_dir/$(basename "$f")"
 done
 log "binaries ready in $link_dir ($(( $(date +%s) - start ))s)"
