@@ -49,7 +49,7 @@ from nim_agent.render import (
     deployment_of_endpoint,
     namespace_for,
     render_pod,
-    render_service,
+    service_for_pod,
 )
 from nim_agent.settings import ConnectorSettings, format_duration
 from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
@@ -159,6 +159,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         self._background: _Background | None = None
         self._tombstones: Tombstones | None = None
         self._last_known = _LastKnown()
+        # Deployments whose Service this process has made (or found): one write per deployment.
+        self._services: set[tuple[str, str]] = set()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -285,7 +287,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         pod = render_pod(spec.nim, identity, settings)
         where = f"pod {namespace}/{identity.name}"
         try:
-            created = await kube.create_pod(namespace, pod)
+            await kube.create_pod(namespace, pod)
             from nim_agent import metrics
 
             metrics.DEPLOYMENTS_CREATED.inc()
@@ -294,7 +296,6 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             existing = await kube.get_pod(namespace, identity.name)
             if existing is None or not _same_deployment(existing, pod):
                 return _refused(meta, f"{where} exists and belongs to another deployment")
-            created = existing
             log.info("%s exists already (retried create): reusing it", where)
         except NotFound:
             return _refused(meta, f"namespace {namespace!r} does not exist")
@@ -302,18 +303,26 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             return _refused(meta, f"Kubernetes refused {where}: {exc.message}")
         if not meta.local:
             self._cache(meta)  # start following it (server side) right away
-        await self._ensure_service(kube, meta, spec.nim, identity, created)
+        # The Service is not needed before the endpoint is handed out: it is made when GetTask
+        # first finds the server ready (see _ensure_service), so CreateTask is one API write.
         return meta
 
-    async def _ensure_service(
-        self, kube: Kube, meta: NIMMetadata, nim: Any, identity: DeploymentIdentity, pod: Json
-    ) -> None:
+    async def _ensure_service(self, kube: Kube, meta: NIMMetadata, pod: Json) -> None:
+        """Create the deployment's Service (owned by ``pod``) unless this process made it already.
+
+        Called before the endpoint is first handed out. Its inputs are all on the pod (the NIM
+        config is rendered from it), so any replica, or a restarted connector, can do it; one
+        that finds it made already (409) is done too.
+        """
         from nim_agent.kube import AlreadyExists
 
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
-        service = render_service(nim, identity, pod_uid=uid or None)
-        with contextlib.suppress(AlreadyExists):  # made by an earlier attempt of this create
+        key = (meta.namespace, meta.name)
+        if key in self._services:
+            return
+        service = service_for_pod(pod)
+        with contextlib.suppress(AlreadyExists):
             await kube.create_service(meta.namespace, service)
+        self._services.add(key)
 
     # -- get ------------------------------------------------------------------------------
 
@@ -378,6 +387,10 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             )
             if tail:
                 result = classified(tail)
+        if pod is not None and result.phase is Phase.SUCCEEDED:
+            failure = await self._service_problem(kube, meta, pod)
+            if failure is not None:
+                return failure
         await self._after(kube, meta, pod, result)
         return Resource(
             phase=flyte_phase(result.phase),
@@ -386,6 +399,25 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             outputs=result.outputs,
             custom_info=result.custom_info or None,
         )
+
+    async def _service_problem(self, kube: Kube, meta: NIMMetadata, pod: Json) -> Resource | None:
+        """Make sure the Service exists before the endpoint is handed out; None when it does.
+
+        An outage is raised (GetTask answers the last known state and tries again); a refusal
+        (RBAC on services, a quota) fails the task, saying so.
+        """
+        from nim_agent.kube import PermanentKubeError
+
+        try:
+            await self._ensure_service(kube, meta, pod)
+        except PermanentKubeError as exc:
+            return Resource(
+                phase=TaskExecution.FAILED,
+                message=f"The NIM server {meta.namespace}/{meta.name} is ready, but Kubernetes "
+                f"refused its Service: {exc.message} (check the connector's RBAC: create on "
+                "services)",
+            )
+        return None
 
     async def _read_pod(self, kube: Kube, meta: NIMMetadata) -> Json | None:
         cache = self._cache(meta)
@@ -401,7 +433,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     async def _after(
         self, kube: Kube, meta: NIMMetadata, pod: Json | None, result: Classification
     ) -> None:
-        """Metrics, the Service check on success, and cleanup of failed servers."""
+        """Metrics, and cleanup of failed servers."""
         from nim_agent import metrics
 
         uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")

@@ -62,6 +62,7 @@ __all__ = [
     "render",
     "render_pod",
     "render_service",
+    "service_for_pod",
     "sidecar_pod_spec",
     "sidecar_pod_template",
 ]
@@ -517,44 +518,73 @@ def render_pod(
 def render_service(
     nim: NIM, identity: DeploymentIdentity, pod_uid: str | None = None
 ) -> dict[str, Any]:
-    """The headless Service in front of the Pod, annotated for Prometheus (/v1/metrics).
+    """The Service of the deployment `nim` + `identity` (see `service_for_pod`).
+
+    With `pod_uid` it is owned by the Pod, so deleting the Pod deletes it.
+    """
+    pod = render_pod(nim, identity)
+    if pod_uid is not None:
+        pod["metadata"]["uid"] = pod_uid
+    return service_for_pod(pod)
+
+
+def service_for_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """The headless Service in front of a NIM Pod rendered by `render_pod`, made from the Pod alone.
 
     Headless (`clusterIP: None`): one pod needs no virtual IP, the cluster DNS answers the
     Service name with the pod's own address once it is ready, and no ClusterIP is allocated
     (the API server's slowest write under bursts, and a range large fleets would exhaust).
     Without a virtual IP there is no port translation, so the Service port is the container
-    port and the endpoint URL keeps its form. With `pod_uid` it is owned by the Pod, so
-    deleting the Pod deletes it.
+    port and the endpoint URL keeps its form. Annotated for Prometheus to scrape the NIM's own
+    /v1/metrics. When the Pod has a uid (it exists), the Service is owned by it and goes with it.
+
+    Everything comes from the Pod (name, labels, nim-agent's annotations, the NIM container's
+    port), so the connector can make the Service later than the Pod, from any replica.
     """
-    annotations = {
-        **_our_annotations(nim, identity),
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": str(nim.port),
-        "prometheus.io/path": METRICS_PATH,
-    }
+    meta = pod.get("metadata") or {}
+    name, uid = meta.get("name"), meta.get("uid")
+    port = _nim_port(pod)
+    ours = (ANNOTATION_EXECUTION_ID, ANNOTATION_ENDPOINT, ANNOTATION_EXPIRES_AT)
+    annotations = {k: v for k, v in (meta.get("annotations") or {}).items() if k in ours}
+    annotations.update(
+        {
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(port),
+            "prometheus.io/path": METRICS_PATH,
+        }
+    )
     owner = None
-    if pod_uid is not None:
-        owner = [{"apiVersion": "v1", "kind": "Pod", "name": identity.name, "uid": pod_uid}]
+    if uid:
+        owner = [{"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}]
+    labels = meta.get("labels") or {}
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {
-            "name": identity.name,
-            "namespace": identity.namespace,
-            "labels": _labels(nim, identity),
+            "name": name,
+            "namespace": meta.get("namespace"),
+            "labels": dict(labels),
             "annotations": dict(sorted(annotations.items())),
             "ownerReferences": owner,
         },
         "spec": {
             "type": "ClusterIP",
             "clusterIP": "None",
-            "selector": {LABEL_DEPLOYMENT: identity.name},
-            "ports": [
-                {"name": "http", "port": nim.port, "targetPort": nim.port, "protocol": "TCP"}
-            ],
+            "selector": {LABEL_DEPLOYMENT: labels.get(LABEL_DEPLOYMENT, name)},
+            "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
     return _drop_none(service)  # type: ignore[no-any-return]
+
+
+def _nim_port(pod: Mapping[str, Any]) -> int:
+    """The NIM container's port (the one render named `PORT_NAME`)."""
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        if container.get("name") == NIM_CONTAINER:
+            for port in container.get("ports") or []:
+                if port.get("name") == PORT_NAME:
+                    return int(port["containerPort"])
+    raise ValueError(f"pod {(pod.get('metadata') or {}).get('name')!r} has no NIM container port")
 
 
 def render(

@@ -115,6 +115,10 @@ def test_create_sent_five_times_for_one_execution_leaves_one_pod(
 
     assert len(metas) == 1
     assert len(our_pods(core_v1, namespace)) == 1
+    # CreateTask writes only the Pod; the Service comes when the server is first found ready.
+    assert not core_v1.list_namespaced_service(namespace).items
+    resource, _ = poll(server, metas.pop())
+    assert resource.phase == TE.SUCCEEDED, resource.message
     assert len(core_v1.list_namespaced_service(namespace).items) == 1
 
 

@@ -208,6 +208,7 @@ def test_user_labels_and_annotations_cannot_overwrite_ownership_identity_or_ttl(
     if resource.phase == TE.FAILED:  # refusing the claims outright is fine too
         assert "labels" in resource.message or "annotations" in resource.message
         return
+    wait_phases(server, {meta: TE.SUCCEEDED}, timeout=90)  # the Service is made by then
     [pod] = our_pods(core_v1, namespace)
     [svc] = our_services(core_v1, namespace)
     for obj in (pod, svc):
