@@ -1,12 +1,18 @@
-"""Cleanup: delete deployments whose ttl has passed and NIM servers that have failed.
+"""Cleanup: delete deployments whose ttl has passed, NIM servers that have failed, and servers
+of Flyte task attempts that a later attempt of the same node has replaced.
 
 Flyte calls DeleteTask only on abort; after success the NIM keeps serving the workflow's next
 steps. So nim-agent removes deployments itself, with every decision taken from what the pod
 carries (labels and annotations), never from process memory: a restarted connector, or another
 replica, cleans up what an earlier one created.
 
-:func:`reap_decision` is pure (pod + now -> cause or None) and unit-tested; :class:`Reaper` runs
-it over the watch cache (or a fresh list) every ``interval`` and deletes.
+:func:`reap_decision` (pod + now -> cause or None) and :func:`superseded` (pods -> the ones a
+later attempt replaced) are pure and unit-tested; :class:`Reaper` runs them over the watch cache
+every ``interval`` and deletes.
+
+Why superseded attempts: flytepropeller turns a failed CreateTask (a timeout included) into a
+retryable failure of the attempt, and retries the node as a new attempt with a new deployment name;
+the pod the timed-out call made anyway belongs to an attempt Flyte has given up on.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from nim_agent import metrics
-from nim_agent.render import ANNOTATION_EXPIRES_AT, LABEL_MANAGED_BY, MANAGED_BY
+from nim_agent.render import ANNOTATION_EXPIRES_AT, LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
 from nim_agent.status import Classification, Phase, StatusPolicy, classify
 
 if TYPE_CHECKING:
@@ -38,6 +44,7 @@ TTL = "ttl"
 TEARDOWN = "teardown"
 ABORT = "abort"
 FAILURE = "failure"
+SUPERSEDED = "superseded"
 
 
 def _parse_time(text: object) -> datetime | None:
@@ -121,6 +128,39 @@ def _decide(
     return None, result
 
 
+def superseded(pods: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Decision]]:
+    """Pods of Flyte task attempts that a later attempt of the same node has replaced.
+
+    Purely computational. Pods are grouped by namespace and Flyte node execution (the
+    ``nim-agent.dev/{project,domain,execution,node}`` labels); in each group every pod whose
+    ``nim-agent.dev/retry`` is lower than the group's highest is returned, with the decision to
+    delete it. Local runs (no execution labels) and pods being deleted are left alone.
+    """
+    groups: dict[tuple[str, ...], list[tuple[int, Mapping[str, Any]]]] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        if meta.get("deletionTimestamp"):
+            continue
+        labels = meta.get("labels") or {}
+        node = tuple(
+            labels.get(LABEL_PREFIX + k, "") for k in ("project", "domain", "execution", "node")
+        )
+        attempt = str(labels.get(LABEL_PREFIX + "retry", ""))
+        if not all(node) or not attempt.isdigit():
+            continue
+        groups.setdefault((str(meta.get("namespace")), *node), []).append((int(attempt), pod))
+    found = []
+    for attempts in groups.values():
+        latest = max(number for number, _ in attempts)
+        for number, pod in attempts:
+            if number < latest:
+                message = (
+                    f"attempt {number} was replaced by attempt {latest} of the same Flyte node"
+                )
+                found.append((pod, Decision(SUPERSEDED, message)))
+    return found
+
+
 class Tombstones:
     """Why recently deleted deployments went, so GetTask can say so after the pod is gone.
 
@@ -194,7 +234,9 @@ class Reaper:
         done: list[tuple[str, str, Decision]] = []
         phases: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
         kube = await self._kube()
-        for i, pod in enumerate(self._cached_pods()):
+        pods = list(self._cached_pods())
+        replaced = {id(pod): decision for pod, decision in superseded(pods)}
+        for i, pod in enumerate(pods):
             if i % _SWEEP_SLICE == _SWEEP_SLICE - 1:
                 await asyncio.sleep(0)  # let GetTask calls in between slices of the sweep
             meta = pod.get("metadata") or {}
@@ -202,6 +244,8 @@ class Reaper:
             decision, result = _decide(
                 pod, now=now, policy=self._policy, keep_failed=self._keep_failed
             )
+            if decision is None and id(pod) in replaced:
+                decision = replaced[id(pod)]
             if decision is None:
                 if result is None:
                     result = classify(

@@ -7,7 +7,15 @@ from typing import Any
 
 import pytest
 
-from nim_agent.reaper import FAILURE, TTL, Tombstones, policy_for, reap_decision
+from nim_agent.reaper import (
+    FAILURE,
+    SUPERSEDED,
+    TTL,
+    Tombstones,
+    policy_for,
+    reap_decision,
+    superseded,
+)
 from nim_agent.status import StatusPolicy
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
@@ -128,3 +136,50 @@ def test_tombstones_forget_the_oldest_beyond_capacity() -> None:
     stones.add("ns", "c", "teardown")
     assert stones.get("ns", "a") is None
     assert (stones.get("ns", "b"), stones.get("ns", "c")) == ("abort", "teardown")
+
+
+def attempt(retry: int | str, *, node: str = "n0", execution: str = "e1", **kw: Any) -> Any:
+    p = pod(**kw)
+    p["metadata"]["name"] = f"nim-{execution}-{node}-{retry}"
+    p["metadata"]["labels"] = {
+        "nim-agent.dev/project": "flytesnacks",
+        "nim-agent.dev/domain": "development",
+        "nim-agent.dev/execution": execution,
+        "nim-agent.dev/node": node,
+        "nim-agent.dev/retry": str(retry),
+    }
+    return p
+
+
+@pytest.mark.parametrize(
+    ("pods", "replaced"),
+    [
+        ([], []),
+        ([attempt(0)], []),
+        ([attempt(0), attempt(1)], ["nim-e1-n0-0"]),
+        ([attempt(2), attempt(0), attempt(1)], ["nim-e1-n0-0", "nim-e1-n0-1"]),
+        # other nodes and executions are other groups
+        ([attempt(0, node="n1"), attempt(1), attempt(0, execution="e2")], []),
+        # a pod already being deleted neither counts nor is deleted again
+        ([attempt(0), attempt(1, deleting=True)], []),
+        ([attempt(0, deleting=True), attempt(1)], []),
+        # local runs carry no execution labels; unreadable retry labels are left alone
+        ([pod(), attempt(1)], []),
+        ([attempt("x"), attempt(1)], []),
+    ],
+    ids=lambda v: ",".join(p if isinstance(p, str) else p["metadata"]["name"] for p in v) or "-",
+)
+def test_earlier_attempts_of_a_node_are_superseded_by_the_latest(
+    pods: list[Any], replaced: list[str]
+) -> None:
+    found = superseded(pods)
+    assert sorted(p["metadata"]["name"] for p, _ in found) == replaced
+    for _, decision in found:
+        assert decision.cause == SUPERSEDED
+        assert "replaced by attempt" in decision.message
+
+
+def test_the_same_node_in_two_namespaces_is_two_groups() -> None:
+    first, second = attempt(0), attempt(1)
+    second["metadata"]["namespace"] = "other"
+    assert superseded([first, second]) == []
