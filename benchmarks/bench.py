@@ -24,6 +24,9 @@ Phases (each prints a line as it ends):
     API requests per minute, RSS
  7. readiness detection: our own watch sees the pod Ready, vs the first GetTask that returns
     SUCCEEDED when polled every 100 ms
+ 8. burst: 200 CreateTasks sent at once to each connector in turn (far more than flytepropeller
+    sends: its workers, 20 by default, each send one at a time), latencies against propeller's
+    10 s deadline, with the API server's own time per POST in the same window
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ SELECTOR = "app.kubernetes.io/managed-by in (nim-agent,nim-baseline)"
 # (its ClusterIP repair loop); leases and nodes are the fake kubelets' traffic.
 CONNECTOR_RESOURCES = frozenset({"pods", "events"})
 SUCCEEDED = 3  # flyteidl TaskExecution.SUCCEEDED
+CREATE_DEADLINE_S = 10.0  # flytepropeller's connector plugin: defaultTimeout
 NAMES = ("ours", "baseline")
 
 os.environ["KUBECONFIG"] = str(KUBECONFIG)
@@ -254,6 +258,7 @@ class Connector:
     task_type: str
     template: Any
     probe_template: Any
+    burst_template: Any
     prefix: str
     deployments: list[bytes] = field(default_factory=list)  # resource_meta of each
     create_errors: list[str] = field(default_factory=list)  # failed CreateTask attempts
@@ -262,12 +267,13 @@ class Connector:
     def pid(self) -> int:
         return int(self.server.process.pid)
 
-    async def create(self, execution_name: str, *, probe: bool = False) -> tuple[float, bytes]:
+    async def create(
+        self, execution_name: str, *, probe: bool = False, burst: bool = False
+    ) -> tuple[float, bytes]:
         from tests.connector_server import create_request, execution
 
-        request = create_request(
-            self.probe_template if probe else self.template, execution(execution_name), NAMESPACE
-        )
+        tmpl = self.burst_template if burst else self.probe_template if probe else self.template
+        request = create_request(tmpl, execution(execution_name), NAMESPACE)
         import grpc
 
         t0 = time.perf_counter()
@@ -290,26 +296,31 @@ class Connector:
         return time.perf_counter() - t0, response.resource
 
 
-def make_templates() -> tuple[Any, Any]:
+def make_templates() -> tuple[Any, Any, Any]:
     from nim_agent import NIM, NIMSecrets, NIMTask
     from tests.connector_server import task_template
 
-    def nim(**labels: str) -> NIM:
+    def nim(gpu: int = 1, **labels: str) -> NIM:
         return NIM(
             secrets=NIMSecrets(
                 ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
             ),
-            cpu=1,
-            gpu=1,
-            mem="2Gi",
-            shm_size="1Gi",
+            cpu=1 if gpu else "100m",
+            gpu=gpu,
+            mem="2Gi" if gpu else "256Mi",
+            shm_size="1Gi" if gpu else "64Mi",
             labels=labels or None,
+            tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         )
 
     ttl = timedelta(hours=6)
     main = task_template(NIMTask(name="bench.llama", nim=nim(), ttl=ttl))
     probe = task_template(NIMTask(name="bench.probe", nim=nim(**{PROBE_LABEL: "1"}), ttl=ttl))
-    return main, probe
+    # Burst deployments take no GPU, so that 2 x 200 more fit beside the 2,000 live ones.
+    burst = task_template(
+        NIMTask(name="bench.burst", nim=nim(gpu=0, **{PROBE_LABEL: "1"}), ttl=ttl)
+    )
+    return main, probe, burst
 
 
 def retyped(template: Any, task_type: str) -> Any:
@@ -665,6 +676,64 @@ async def phase_readiness(
     return out
 
 
+async def phase_burst(conns: dict[str, Connector], size: int, rounds: int) -> dict[str, Any]:
+    """``size`` CreateTasks at once to one connector, then to the other, ``rounds`` times.
+
+    Each call waits up to 60 s so the whole tail is measured; calls beyond propeller's 10 s
+    deadline are counted (propeller would have failed those attempts). The API server's own
+    time per POST is taken from its metrics over each connector's bursts.
+    """
+    latencies: dict[str, list[float]] = {n: [] for n in conns}
+    errors: dict[str, list[str]] = {n: [] for n in conns}
+    server: dict[str, dict[str, float]] = {n: {} for n in conns}
+    import grpc
+
+    from tests.connector_server import create_request, execution
+
+    async def one(c: Connector, name: str) -> None:
+        request = create_request(c.burst_template, execution(name), NAMESPACE)
+        t0 = time.perf_counter()
+        try:
+            await c.stub.CreateTask(request, timeout=60)
+        except grpc.aio.AioRpcError as exc:
+            errors[c.name].append(f"{exc.code().name}: {exc.details()[-120:]}")
+            return
+        latencies[c.name].append(time.perf_counter() - t0)
+
+    for r in range(rounds):
+        for c in conns.values():
+            before = apiserver_requests()
+            await asyncio.gather(*(one(c, f"{c.prefix}burst-{r}-{i:04d}") for i in range(size)))
+            got = delta(apiserver_requests(), before)
+            for k, v in got.items():
+                if k.startswith("POST "):
+                    server[c.name][k] = server[c.name].get(k, 0.0) + v
+            await asyncio.sleep(5)  # let the API server and both watches settle
+        log(f"burst round {r + 1} of {rounds} done")
+    out: dict[str, Any] = {}
+    for n in conns:
+        ms = [s * 1000 for s in latencies[n]]
+        out[n] = {
+            **summary_ms(latencies[n]),
+            "exceeded_deadline": sum(1 for x in ms if x > CREATE_DEADLINE_S * 1000),
+            "errors": len(errors[n]),
+            "errors_sample": sorted(set(errors[n]))[:5],
+            "apiserver_mean_ms": {
+                kind: round(
+                    1000
+                    * server[n].get(f"POST {kind} seconds", 0.0)
+                    / max(server[n].get(f"POST {kind} n", 0.0), 1),
+                    1,
+                )
+                for kind in ("pods", "services")
+            },
+            "apiserver_posts": {
+                kind: server[n].get(f"POST {kind} n", 0.0) for kind in ("pods", "services")
+            },
+        }
+    return out
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -723,7 +792,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )
 
     fresh_namespace()
-    main, probe = make_templates()
+    main, probe, burst = make_templates()
     servers = {"ours": Server("ours", False), "baseline": Server("baseline", True)}
     log("starting the two connector servers")
     for s in servers.values():
@@ -740,6 +809,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "nim",
                 main,
                 probe,
+                burst,
                 "o",
             ),
             "baseline": Connector(
@@ -749,6 +819,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 "nim-baseline",
                 retyped(main, "nim-baseline"),
                 retyped(probe, "nim-baseline"),
+                retyped(burst, "nim-baseline"),
                 "b",
             ),
         }
@@ -801,6 +872,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             results["readiness"] = await phase_readiness(
                 conns, watch, args.readiness, args.readiness_parallel, 0.1, background
             )
+        log(
+            f"burst: {args.burst} CreateTasks at once, each connector in turn, {args.burst_rounds}x"
+        )
+        with profiling(args.profile, conns, "burst"):
+            results["burst"] = await phase_burst(conns, args.burst, args.burst_rounds)
         results["ours_kube_requests_total"] = servers["ours"].metric(
             "nim_agent_kube_requests_total"
         )
@@ -845,6 +921,25 @@ def table(r: dict[str, Any]) -> str:
         r["create"]["ours"]["failed_attempts"],
         r["create"]["baseline"]["failed_attempts"],
         "0",
+    )
+    burst = r["burst"]
+    for p in ("p50", "p99", "max"):
+        row(
+            f"CreateTask {p}, {r['params']['burst']} at once (ms)",
+            burst["ours"][f"{p}_ms"],
+            burst["baseline"][f"{p}_ms"],
+            "< 10000" if p == "max" else "",
+        )
+    row(
+        "  beyond propeller's 10 s deadline",
+        burst["ours"]["exceeded_deadline"],
+        burst["baseline"]["exceeded_deadline"],
+        "0",
+    )
+    row(
+        "  API server's mean POST pod (ms)",
+        burst["ours"]["apiserver_mean_ms"]["pods"],
+        burst["baseline"]["apiserver_mean_ms"]["pods"],
     )
     floor = r["create"]["api_floor"]["pod_and_service"]
     row("  API floor: POST pod + POST service p50", floor["p50_ms"], floor["p50_ms"], "(both)")
@@ -927,6 +1022,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--poll-period", type=float, default=30, help="flytepropeller's resync period")
     p.add_argument("--readiness", type=int, default=20, help="deployments followed to Ready")
     p.add_argument("--readiness-parallel", type=int, default=5)
+    p.add_argument("--burst", type=int, default=200, help="CreateTasks sent at once")
+    p.add_argument("--burst-rounds", type=int, default=2)
     p.add_argument("--import-runs", type=int, default=7)
     p.add_argument("--ready-timeout", type=float, default=600)
     p.add_argument("--keep", action="store_true", help="leave the deployments in place")
