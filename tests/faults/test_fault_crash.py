@@ -2,8 +2,8 @@
 and nothing is leaked.
 
 "In the middle of a create" is hit without a test hook in the connector: a burst of concurrent
-CreateTasks keeps many calls in flight at once, the connector is killed when the first pods
-appear, and the calls the kill cut off are counted (the test requires at least one, over a few
+CreateTasks keeps many calls in flight at once, the connector is killed when the first of them
+is answered, and the calls the kill cut off are counted (the test requires at least one, over a few
 rounds). CreateTask writes only the Pod; the Service is made when GetTask first finds the server
 ready, so after the retried creates every deployment must have exactly one Pod and, once it
 succeeded, its Service owned by that Pod.
@@ -11,6 +11,7 @@ succeeded, its Service owned by that Pod.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -74,7 +75,11 @@ def send_all(
     call: Callable[..., Any], requests: dict[str, Any], timeout: float = 20
 ) -> dict[str, Any]:
     """Send every request at once (gRPC futures); name -> response, or the RpcError."""
-    futures = {name: call.future(req, timeout=timeout) for name, req in requests.items()}
+    return collect({name: call.future(req, timeout=timeout) for name, req in requests.items()})
+
+
+def collect(futures: dict[str, Any]) -> dict[str, Any]:
+    """name -> response, or the RpcError, of gRPC futures."""
     results: dict[str, Any] = {}
     for name, future in futures.items():
         try:
@@ -107,16 +112,15 @@ def test_sigkill_during_a_burst_of_creates_then_retried_creates_complete_every_d
         d = deployments(server)
         requests = {exec_name(): d.request(small()) for _ in range(BURST)}
         all_requests.update(requests)
-        pods_before = len(our_pods(core_v1, namespace))
-        with ThreadPoolExecutor(1) as pool:
-            sent = pool.submit(send_all, server.stub.CreateTask, requests)
-            # Kill once a third of this burst's pods exist: many creates are then mid-way.
-            kill_when(
-                server,
-                connectors,
-                lambda before=pods_before: len(our_pods(core_v1, namespace)) - before >= BURST // 3,
-            )
-            results = sent.result()
+        futures = {n: server.stub.CreateTask.future(r, timeout=20) for n, r in requests.items()}
+        # Kill as soon as the first create is answered: the others are then in flight
+        # (CreateTask is one API write, so waiting for pods to appear finds them all answered).
+        first = threading.Event()
+        for future in futures.values():
+            future.add_done_callback(lambda _, done=first: done.set())
+        assert first.wait(60), "the burst never got going"
+        connectors.kill(server)
+        results = collect(futures)
         pods = {p.metadata.name for p in our_pods(core_v1, namespace)}
         answered = {n for n, r in results.items() if not isinstance(r, grpc.RpcError)}
         cut_total += len(requests) - len(answered)
