@@ -27,7 +27,8 @@ Environment
 
 Exit status: 0 all adapters in place; 1 a download failed (one line on stderr naming the repository
 and what to do, also written to /dev/termination-log when it exists, where the kubelet reads a
-container's termination message); 2 invalid settings.
+container's termination message; NIM_AGENT_TERMINATION_LOG names another path); 2 invalid
+settings.
 
 Example (what the pod runs):
     NIM_PEFT_SOURCE=/opt/nim/loras NIM_AGENT_HF_REPO_IDS='["tloen/alpaca-lora-7b"]' \\
@@ -60,7 +61,8 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin")
 NEMO_SUFFIX = ".nemo"
 NOT_WEIGHTS = frozenset({"training_args.bin"})  # Trainer's pickled arguments, not weights
 INVALID_TOKEN = "Invalid credentials in Authorization header"  # the Hub's X-Error-Message
-TERMINATION_LOG = "/dev/termination-log"
+TERMINATION_LOG_ENV = "NIM_AGENT_TERMINATION_LOG"  # the container's terminationMessagePath
+TERMINATION_LOG = "/dev/termination-log"  # Kubernetes' default terminationMessagePath
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][A-Za-z0-9._-]*/)?[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -423,8 +425,8 @@ def download_adapter(hub: Hub, repo_id: str, root: str, offline: bool = False) -
     try:
         skipped = len(siblings) - len(chosen)
         log(
-            f"{repo_id} -> {target}: revision {sha[:12]}, {len(chosen)} adapter files "
-            f"(leaving {skipped} other files)"
+            f"{repo_id} -> {target}: revision {sha[:12]}, {len(chosen)} adapter file(s) "
+            f"(leaving {skipped} other file(s))"
         )
         sizes: dict[str, int] = {}
         for filename in chosen:
@@ -514,11 +516,12 @@ def _settings(env: dict[str, str]) -> tuple[str, list[str], Hub, bool]:
     return root, repo_ids, hub, offline
 
 
-def _fail(message: str, status: int) -> NoReturn:
+def _fail(message: str, status: int, env: dict[str, str]) -> NoReturn:
     print(f"hf-download: ERROR: {message}", file=sys.stderr, flush=True)
-    if os.path.exists(TERMINATION_LOG):
+    path = env.get(TERMINATION_LOG_ENV, "").strip() or TERMINATION_LOG
+    if os.path.exists(path):  # the kubelet creates it; elsewhere there is nothing to write
         try:
-            with open(TERMINATION_LOG, "w") as f:
+            with open(path, "w") as f:
                 f.write(message[:4000])
         except OSError:
             pass
@@ -531,15 +534,16 @@ def main(env: dict[str, str] | None = None) -> None:
     try:
         root, repo_ids, hub, offline = _settings(env)
     except ConfigError as e:
-        _fail(str(e), EXIT_CONFIG)
+        _fail(str(e), EXIT_CONFIG, env)
     outcome = {"downloaded": 0, "cached": 0}
     for repo_id in repo_ids:
         try:
             outcome[download_adapter(hub, repo_id, root, offline)] += 1
         except DownloadError as e:
-            _fail(str(e), EXIT_FAILED)
+            _fail(str(e), EXIT_FAILED, env)
         except OSError as e:
-            _fail(f"{repo_id}: cannot write into {root}: {e.strerror} ({e.filename})", EXIT_FAILED)
+            message = f"{repo_id}: cannot write into {root}: {e.strerror} ({e.filename})"
+            _fail(message, EXIT_FAILED, env)
     log(
         f"done: {len(repo_ids)} adapters in {root} "
         f"({outcome['downloaded']} downloaded, {outcome['cached']} already there)"

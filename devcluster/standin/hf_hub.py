@@ -25,10 +25,12 @@ Hub API (port HF_STANDIN_PORT)
 CDN (port HF_STANDIN_CDN_PORT): HEAD|GET /lfs/{sha256}?expires=..&signature=..; 403 when the
 signature or expiry does not match (signed with a per-process key, as a CDN's URLs are).
 
-Test controls (not part of the Hub): GET /_standin/requests (the request log as JSON: server,
-method, path, status, auth = none|valid|invalid, bytes), POST /_standin/fail?count=N&status=503
-(the next N Hub requests fail with that status), POST /_standin/bump?repo=ID (publish a new commit
-of that repo: new adapter weights, new sha).
+Test controls (not part of the Hub):
+  GET  /_standin/requests  the request log as JSON: server, method, path, status,
+                           auth (none | valid | invalid), bytes, range
+  POST /_standin/fail?count=N&status=503[&match=TEXT]
+                           the next N Hub requests (whose path holds TEXT) fail with that status
+  POST /_standin/bump?repo=ID  publish a new commit of that repo (new adapter weights, new sha)
 
 Fixture repositories (ids by environment, defaults in brackets); every adapter repo holds
 adapter_config.json + adapter_model.safetensors (small, valid safetensors) and files a good
@@ -290,6 +292,7 @@ class Hub:
         self.requests: list[dict[str, Any]] = []
         self.fail_count = int(env.get("HF_STANDIN_FAIL_FIRST", "0") or 0)
         self.fail_status = 503
+        self.fail_match = ""
         self.cdn_url = env.get("HF_STANDIN_CDN_URL", "").rstrip("/")
         self.cdn_port = 0
 
@@ -303,9 +306,9 @@ class Hub:
                     return entry.data
         return None
 
-    def take_failure(self) -> int | None:
+    def take_failure(self, path: str) -> int | None:
         with self.lock:
-            if self.fail_count > 0:
+            if self.fail_count > 0 and self.fail_match in path:
                 self.fail_count -= 1
                 return self.fail_status
         return None
@@ -413,6 +416,7 @@ class _Handler(BaseHTTPRequestHandler):
             with self.hub.lock:
                 self.hub.fail_count = int(query.get("count", "1"))
                 self.hub.fail_status = int(query.get("status", "503"))
+                self.hub.fail_match = query.get("match", "")
             return self._json(200, {"fail_count": self.hub.fail_count})
         if split.path == "/_standin/bump":
             repo = self.hub.repos.get(query.get("repo", ""))
@@ -436,7 +440,7 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_standin/requests":
             with self.hub.lock:
                 return self._json(200, list(self.hub.requests))
-        failure = self.hub.take_failure()
+        failure = self.hub.take_failure(path)
         if failure is not None:
             return self._json(failure, {"error": "Service unavailable (injected fault)"})
         if path.startswith("/api/models/"):
