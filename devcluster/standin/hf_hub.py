@@ -26,8 +26,9 @@ CDN (port HF_STANDIN_CDN_PORT): HEAD|GET /lfs/{sha256}?expires=..&signature=..; 
 signature or expiry does not match (signed with a per-process key, as a CDN's URLs are).
 
 Test controls (not part of the Hub):
-  GET  /_standin/requests  the request log as JSON: server, method, path, status,
-                           auth (none | valid | invalid), bytes, range
+  GET  /_standin/requests  the request log as JSON (Hub and CDN requests, not these controls):
+                           server, method, path, status, auth (none | valid | invalid), bytes,
+                           range
   POST /_standin/fail?count=N&status=503[&match=TEXT]
                            the next N Hub requests (whose path holds TEXT) fail with that status
   POST /_standin/bump?repo=ID  publish a new commit of that repo (new adapter weights, new sha)
@@ -342,17 +343,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _finish(self, status: int, size: int) -> None:
         path = urlsplit(self.path).path
         auth = self._auth()
-        self.hub.record(
-            {
-                "server": self.role,
-                "method": self.command,
-                "path": unquote(path),
-                "status": status,
-                "auth": auth,
-                "bytes": size,
-                "range": self.headers.get("Range"),
-            }
-        )
+        if not path.startswith("/_standin/"):  # the log shows Hub traffic only
+            self.hub.record(
+                {
+                    "server": self.role,
+                    "method": self.command,
+                    "path": unquote(path),
+                    "status": status,
+                    "auth": auth,
+                    "bytes": size,
+                    "range": self.headers.get("Range"),
+                }
+            )
         host = self.client_address[0]
         log(f'{self.role} {host} "{self.command} {self.path}" {status} auth={auth} {size}B')
 
@@ -439,7 +441,8 @@ class _Handler(BaseHTTPRequestHandler):
             return self._cdn(path, query)
         if path == "/_standin/requests":
             with self.hub.lock:
-                return self._json(200, list(self.hub.requests))
+                entries = list(self.hub.requests)
+            return self._json(200, entries)
         failure = self.hub.take_failure(path)
         if failure is not None:
             return self._json(failure, {"error": "Service unavailable (injected fault)"})
