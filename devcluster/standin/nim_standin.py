@@ -209,6 +209,7 @@ class Server:
         self._logged_rejects: set[str] = set()
         self._last_ready = True
         self.held_memory: list[bytearray] = []
+        self.shm_file: Path | None = None  # removed again on a clean stop
 
     # ------------------------------------------------------------------ start-up side effects
 
@@ -231,6 +232,7 @@ class Server:
         try:
             with path.open("wb") as f:
                 f.write(b"\0" * (size * _MIB))
+            self.shm_file = path
             log(f"wrote {size} MiB to {path}")
         except OSError as e:
             log(f"WARNING cannot write to /dev/shm ({e.strerror}); continuing without it")
@@ -654,6 +656,8 @@ def main() -> None:
     threading.Thread(target=load, name="loader", daemon=True).start()
     httpd.serve_forever(poll_interval=0.2)
     httpd.server_close()
+    if server.shm_file is not None:
+        server.shm_file.unlink(missing_ok=True)
     log("stopped")
 
 

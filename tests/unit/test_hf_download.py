@@ -331,3 +331,12 @@ def test_offline_mode_uses_what_is_there_and_fails_without_it(hub: Process, tmp_
     missing = run_downloader([NEMO_REPO], loras, hub, HF_HUB_OFFLINE="1")
     assert missing.returncode == 1
     assert "HF_HUB_OFFLINE is set" in one_error_line(missing.stderr)
+
+
+def test_an_unwritable_target_is_named_in_the_failure(hub: Process, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_downloader([PUBLIC_REPO], blocker / "loras", hub)
+    assert result.returncode == 1
+    line = one_error_line(result.stderr)
+    assert f"{PUBLIC_REPO}: cannot write into {blocker / 'loras'}" in line

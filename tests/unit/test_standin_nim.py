@@ -57,6 +57,7 @@ def nims() -> Iterator[list[Process]]:
     yield started
     for proc in started:
         proc.stop()
+        Path(f"/dev/shm/nim-standin-{proc.popen.pid}").unlink(missing_ok=True)  # if it was killed
 
 
 def test_live_answers_at_once_and_ready_only_after_the_startup_time(
@@ -396,21 +397,17 @@ def test_it_writes_to_dev_shm_and_the_cache_and_reuses_the_cache_on_restart(
     nims.append(first)
     wait_for(lambda: ready(first), 60, "readiness")
     shm = Path(f"/dev/shm/nim-standin-{first.popen.pid}")
-    try:
-        if Path("/dev/shm").is_dir():
-            assert shm.stat().st_size == 1024 * 1024
-        assert (cache / "standin" / "model_manifest.json").is_file()
-        assert "downloaded model" in first.log()
-        assert first.stop() == 0  # SIGTERM: a clean stop
+    if Path("/dev/shm").is_dir():
+        assert shm.stat().st_size == 1024 * 1024
+    assert (cache / "standin" / "model_manifest.json").is_file()
+    assert "downloaded model" in first.log()
+    assert first.stop() == 0  # SIGTERM: a clean stop ...
+    assert not shm.exists()  # ... that cleans up after itself
 
-        second = start_nim(tmp_path, STANDIN_STARTUP_SECONDS="0", NIM_CACHE_PATH=str(cache))
-        nims.append(second)
-        wait_for(lambda: ready(second), 60, "readiness")
-        assert f"found model meta/llama3-8b-instruct in cache {cache}" in second.log()
-    finally:
-        shm.unlink(missing_ok=True)
-        for proc in nims:
-            Path(f"/dev/shm/nim-standin-{proc.popen.pid}").unlink(missing_ok=True)
+    second = start_nim(tmp_path, STANDIN_STARTUP_SECONDS="0", NIM_CACHE_PATH=str(cache))
+    nims.append(second)
+    wait_for(lambda: ready(second), 60, "readiness")
+    assert f"found model meta/llama3-8b-instruct in cache {cache}" in second.log()
 
 
 def test_an_unwritable_cache_or_missing_peft_source_is_logged_not_fatal(
