@@ -76,7 +76,7 @@ def objectstore(state: Path, port: int, *args: str) -> subprocess.CompletedProce
         DEVCLUSTER_DIR=str(state),
         OBJECTSTORE_PORT=str(port),
         OBJECTSTORE_BUCKET="nim-test",
-        HOME=os.environ.get("HOME", "/root"),
+        HOME=str(Path.home()),
     )
     if "NIM_AGENT_CACHE" in os.environ:
         env["NIM_AGENT_CACHE"] = os.environ["NIM_AGENT_CACHE"]
