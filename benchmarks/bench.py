@@ -452,9 +452,9 @@ class ApiFloor:
         self.names: list[str] = []
 
     async def create(self, execution_name: str) -> None:
+        from nim_agent.contract import LABEL_MANAGED_BY
         from nim_agent.kube import Kube
         from nim_agent.render import (
-            LABEL_MANAGED_BY,
             DeploymentIdentity,
             ExecutionIdentity,
             render_pod,

@@ -38,20 +38,26 @@ from flytekit.extend.backend.base_connector import (
     SyncConnectorBase,
 )
 
-from nim_agent.config import ConfigError
-from nim_agent.render import (
-    LABEL_MANAGED_BY,
-    LABEL_PREFIX,
-    MANAGED_BY,
+from nim_agent.checks import ConfigError
+from nim_agent.contract import (
+    ABORT,
+    FAILURE,
     NIM_CONTAINER,
+    TEARDOWN,
+    deletion_cause,
+    deployment_of_endpoint,
+    format_duration,
+    is_ours,
+    same_deployment,
+)
+from nim_agent.render import (
     DeploymentIdentity,
     ExecutionIdentity,
-    deployment_of_endpoint,
     namespace_for,
     render_pod,
     render_service,
 )
-from nim_agent.settings import ConnectorSettings, format_duration
+from nim_agent.settings import ConnectorSettings
 from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
 from nim_agent.status import (
     Classification,
@@ -59,6 +65,7 @@ from nim_agent.status import (
     StatusPolicy,
     classify,
     flyte_phase,
+    policy_for,
 )
 
 if TYPE_CHECKING:
@@ -171,11 +178,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
     @property
     def policy(self) -> StatusPolicy:
-        s = self.settings
-        return StatusPolicy(
-            crashloop_restart_threshold=s.crashloop_restart_threshold,
-            unschedulable_timeout=s.unschedulable_timeout,
-        )
+        """The classification thresholds of the settings (each pod adds its startup window)."""
+        return self.settings.status_policy()
 
     @property
     def tombstones(self) -> Tombstones:
@@ -201,7 +205,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         loop = asyncio.get_running_loop()
         if self._background is not None and self._background.loop is loop:
             return self._background
-        from nim_agent.reaper import OWNED_BY_US, Reaper
+        from nim_agent.contract import OWNED_BY_US
+        from nim_agent.reaper import Reaper
         from nim_agent.watch import PodCache
 
         namespaces = self.settings.watch_namespaces or None
@@ -292,7 +297,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             log.info("created %s for %s", where, _describe(execution, task_name))
         except AlreadyExists:
             existing = await kube.get_pod(namespace, identity.name)
-            if existing is None or not _same_deployment(existing, pod):
+            if existing is None or not same_deployment(existing, pod):
                 return _refused(meta, f"{where} exists and belongs to another deployment")
             created = existing
             log.info("%s exists already (retried create): reusing it", where)
@@ -346,8 +351,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         kube = await self.kube()
         pod = await self._read_pod(kube, meta)
         now = datetime.now(UTC)
-        cause = self.tombstones.get(meta.namespace, meta.name) or _deletion_cause(pod)
-        policy = _policy_for(pod, self.policy)
+        cause = self.tombstones.get(meta.namespace, meta.name) or deletion_cause(pod)
+        policy = policy_for(pod, self.policy)
         events: list[Json] = []
 
         def classified(log_tail: str | None = None) -> Classification:
@@ -396,12 +401,12 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         # Not in the cache (just created, namespace not watched, watch down): ask the server.
         pod = await kube.get_pod(meta.namespace, meta.name)
         # resource_meta arrives over gRPC: a forged one must not read out a pod that is not ours.
-        return pod if _managed_by_us(pod) else None
+        return pod if is_ours(pod) else None
 
     async def _after(
         self, kube: Kube, meta: NIMMetadata, pod: Json | None, result: Classification
     ) -> None:
-        """Metrics, the Service check on success, and cleanup of failed servers."""
+        """Metrics of the outcome, and deletion of a failed server (unless ``keep_failed``)."""
         from nim_agent import metrics
 
         uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")
@@ -409,8 +414,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             metrics.observe_ready(uid, result.custom_info.get("time_to_ready_s"))
         elif result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED) and pod is not None:
             metrics.count_failure(uid, result.reason.value)
-            if not self.settings.keep_failed and not _deletion_cause(pod):
-                from nim_agent.reaper import FAILURE, delete_deployment
+            if not self.settings.keep_failed and not deletion_cause(pod):
+                from nim_agent.reaper import delete_deployment
 
                 await delete_deployment(
                     kube,
@@ -445,14 +450,14 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
     async def _delete(self, meta: NIMMetadata) -> None:
         from nim_agent.kube import Kube
-        from nim_agent.reaper import ABORT, delete_deployment
+        from nim_agent.reaper import delete_deployment
 
         kube = await Kube.connect()  # this loop is short-lived: its own client, closed after
         try:
             pod = await kube.get_pod(meta.namespace, meta.name)
             service = None if pod is not None else await kube.get_service(meta.namespace, meta.name)
             found = pod if pod is not None else service
-            if found is not None and not _managed_by_us(found):
+            if found is not None and not is_ours(found):
                 # resource_meta arrives over gRPC: never delete what nim-agent did not make.
                 log.warning(
                     "DeleteTask for %s/%s: not a nim-agent deployment; nothing deleted",
@@ -479,14 +484,13 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         Only pods nim-agent made are touched; a deployment already gone is success. Returns a
         sentence saying what happened.
         """
-        from nim_agent.reaper import TEARDOWN, delete_deployment
+        from nim_agent.reaper import delete_deployment
 
         kube = await self.kube()
         pod = await kube.get_pod(namespace, name)
         if pod is None:
             return f"NIM deployment {namespace}/{name} was already gone"
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        if not is_ours(pod):
             raise PermissionError(
                 f"pod {namespace}/{name} was not made by nim-agent; not deleting it"
             )
@@ -551,32 +555,9 @@ def _describe(execution: ExecutionIdentity | None, task_name: str) -> str:
     return f"{e.project}/{e.domain}/{e.execution} node {e.node} attempt {e.retry}"
 
 
-def _same_deployment(existing: Json, wanted: Json) -> bool:
-    """Whether an existing pod is the one ``wanted`` describes (ours, same execution)."""
-    have = (existing.get("metadata") or {}).get("labels") or {}
-    want = (wanted.get("metadata") or {}).get("labels") or {}
-    if have.get(LABEL_MANAGED_BY) != MANAGED_BY:
-        return False
-    keys = [k for k in want if k.startswith(LABEL_PREFIX) and k != LABEL_PREFIX + "simulate"]
-    return all(have.get(k) == want[k] for k in keys)
-
-
-def _managed_by_us(obj: Json | None) -> bool:
-    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(LABEL_MANAGED_BY) == MANAGED_BY)
-
-
 def _refused(meta: NIMMetadata, why: str) -> NIMMetadata:
     log.warning("refused NIM deployment %s/%s: %s", meta.namespace, meta.name, why)
     return NIMMetadata(namespace=meta.namespace, name=meta.name, error=f"Cannot deploy: {why}")
-
-
-def _deletion_cause(pod: Json | None) -> str | None:
-    from nim_agent.reaper import ANNOTATION_DELETION_CAUSE
-
-    annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
-    cause = annotations.get(ANNOTATION_DELETION_CAUSE)
-    return str(cause) if cause else None
 
 
 async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
@@ -592,12 +573,6 @@ async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
     except KubeError as exc:
         log.warning("detail for pod %s/%s unavailable: %s", meta.namespace, meta.name, exc)
         return fallback
-
-
-def _policy_for(pod: Json | None, base: StatusPolicy) -> StatusPolicy:
-    from nim_agent.reaper import policy_for
-
-    return policy_for(pod, base)
 
 
 def _wants_events(result: Classification) -> bool:

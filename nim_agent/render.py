@@ -29,18 +29,34 @@ import re
 import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nim_agent.config import (
+from nim_agent.checks import ConfigError, Problem, show
+from nim_agent.config import NIM
+from nim_agent.contract import (
+    ANNOTATION_ENDPOINT,
+    ANNOTATION_EXECUTION_ID,
+    ANNOTATION_EXPIRES_AT,
     CACHE_PATH,
-    NIM,
+    IDENTITY_PARTS,
+    INPUT_CONTAINER,
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PREFIX,
+    LABEL_SIMULATE,
+    LORA_CONTAINER,
+    MANAGED_BY,
+    NIM_CONTAINER,
     PEFT_SOURCE_ENV,
+    SHARED_PATH,
     SHM_PATH,
-    ConfigError,
-    Problem,
-    show,
+    adapter_name,
+    endpoint_for,
+    format_time,
 )
 from nim_agent.settings import ConnectorSettings
 
@@ -48,15 +64,9 @@ if TYPE_CHECKING:
     from flytekit import PodTemplate
 
 __all__ = [
-    "LABEL_DEPLOYMENT",
-    "LABEL_MANAGED_BY",
-    "MANAGED_BY",
-    "NIM_CONTAINER",
     "DeploymentIdentity",
     "ExecutionIdentity",
     "deployment_name_for",
-    "deployment_of_endpoint",
-    "endpoint_for",
     "local_deployment_name_for",
     "namespace_for",
     "render",
@@ -66,34 +76,23 @@ __all__ = [
     "sidecar_pod_template",
 ]
 
-MANAGED_BY = "nim-agent"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_DEPLOYMENT = "nim-agent.dev/deployment"
-LABEL_PREFIX = "nim-agent.dev/"
-ANNOTATION_EXECUTION_ID = "nim-agent.dev/execution-id"
-ANNOTATION_EXPIRES_AT = "nim-agent.dev/expires-at"
-ANNOTATION_ENDPOINT = "nim-agent.dev/endpoint"
-
-NIM_CONTAINER = "nim"
-LORA_CONTAINER = "lora-downloader"
 PORT_NAME = "nim-http"
 LIVENESS_PATH = "/v1/health/live"
 METRICS_PATH = "/v1/metrics"
 NIM_UID = 1000  # the NIM images run as uid 1000
 GPU_RESOURCE = "nvidia.com/gpu"
-HF_REPO_IDS_ENV = "NIM_AGENT_HF_REPO_IDS"
+ADAPTERS_ENV = "NIM_AGENT_ADAPTERS"
 
-# The adapter download program: repo ids arrive in an env var, the token (if any) as HF_TOKEN
-# from a secretKeyRef, which huggingface_hub reads itself. Nothing secret is on the command line.
-LORA_DOWNLOAD_SCRIPT = """\
+# The adapter download program: `{folder: repo id}` arrives in an env var (folders named by
+# `contract.adapter_name`), the token (if any) as HF_TOKEN from a secretKeyRef, which
+# huggingface_hub reads itself. Nothing secret is on the command line.
+LORA_DOWNLOAD_SCRIPT = f"""\
 import json, os
 from huggingface_hub import snapshot_download
-root = os.environ["NIM_PEFT_SOURCE"]
-for repo in json.loads(os.environ["NIM_AGENT_HF_REPO_IDS"]):
-    target = os.path.join(root, repo.rsplit("/", 1)[-1])
-    print(f"downloading {repo} -> {target}", flush=True)
+root = os.environ["{PEFT_SOURCE_ENV}"]
+for folder, repo in json.loads(os.environ["{ADAPTERS_ENV}"]).items():
+    target = os.path.join(root, folder)
+    print(f"downloading {{repo}} -> {{target}}", flush=True)
     snapshot_download(repo_id=repo, local_dir=target)
 """
 
@@ -137,27 +136,6 @@ def local_deployment_name_for(task_name: str, nonce: str | None = None) -> str:
     """
     nonce = _secrets.token_hex(4) if nonce is None else nonce
     return _dns_name(task_name, json.dumps([task_name, nonce]), keep_tail=True)
-
-
-def endpoint_for(name: str, namespace: str, port: int) -> str:
-    """The in-cluster URL of a deployment's Service."""
-    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
-
-
-_ENDPOINT = re.compile(
-    r"^http://(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?)\.(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
-    r"\.svc(\.cluster\.local)?(:\d{1,5})?/?$"
-)
-
-
-def deployment_of_endpoint(endpoint: str) -> tuple[str, str] | None:
-    """(name, namespace) of the deployment behind an endpoint from `endpoint_for`, else None.
-
-    >>> deployment_of_endpoint("http://nim-e1-n0-0-ab12.flyte.svc.cluster.local:8000")
-    ('nim-e1-n0-0-ab12', 'flyte')
-    """
-    m = _ENDPOINT.match(endpoint.strip())
-    return (m["name"], m["namespace"]) if m else None
 
 
 def label_value(text: str) -> str:
@@ -342,7 +320,10 @@ def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
     assert nim.peft_source is not None and nim.lora_adapter_mem is not None  # by validation
     env: list[dict[str, Any]] = [
         {"name": PEFT_SOURCE_ENV, "value": nim.peft_source},
-        {"name": HF_REPO_IDS_ENV, "value": json.dumps(nim.hf_repo_ids)},
+        {
+            "name": ADAPTERS_ENV,
+            "value": json.dumps({adapter_name(r): r for r in nim.hf_repo_ids or []}),
+        },
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
@@ -426,14 +407,8 @@ def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
     }
     if identity.execution is not None:
         e = identity.execution
-        for key, value in (
-            ("project", e.project),
-            ("domain", e.domain),
-            ("execution", e.execution),
-            ("node", e.node),
-            ("retry", str(e.retry)),
-        ):
-            ours[LABEL_PREFIX + key] = label_value(value)
+        for part in IDENTITY_PARTS:
+            ours[LABEL_PREFIX + part] = label_value(str(getattr(e, part)))
     return dict(sorted({**_users(nim.labels), **ours}.items()))
 
 
@@ -445,7 +420,7 @@ def _users(keys: Mapping[str, str] | None) -> dict[str, str]:
     return {
         k: v
         for k, v in (keys or {}).items()
-        if not k.startswith(LABEL_PREFIX) or k.startswith(LABEL_PREFIX + "simulate")
+        if not k.startswith(LABEL_PREFIX) or k.startswith(LABEL_SIMULATE)
     }
 
 
@@ -453,13 +428,7 @@ def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
     execution_id: dict[str, Any] = {}
     if identity.execution is not None:
         e = identity.execution
-        execution_id = {
-            "project": e.project,
-            "domain": e.domain,
-            "execution": e.execution,
-            "node": e.node,
-            "retry": e.retry,
-        }
+        execution_id = {part: getattr(e, part) for part in IDENTITY_PARTS}
     if identity.task_name is not None:
         execution_id["task"] = identity.task_name
     ours = {
@@ -467,15 +436,8 @@ def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
         ANNOTATION_ENDPOINT: identity.endpoint(nim.port),
     }
     if identity.expires_at is not None:
-        ours[ANNOTATION_EXPIRES_AT] = rfc3339(identity.expires_at)
+        ours[ANNOTATION_EXPIRES_AT] = format_time(identity.expires_at)
     return ours
-
-
-def rfc3339(moment: datetime) -> str:
-    """A UTC RFC 3339 timestamp, seconds precision (naive datetimes are taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render_pod(
@@ -598,8 +560,6 @@ with open("/shared/inputs.json", "w") as out:
     json.dump(values, out)
 print("inputs written to /shared/inputs.json:", sorted(values))
 """
-INPUT_CONTAINER = "input-downloader"
-SHARED_PATH = "/shared"
 DEFAULT_INPUT_DOWNLOADER_IMAGE = "cr.flyte.org/flyteorg/flytekit:py3.11-latest"
 
 

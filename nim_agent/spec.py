@@ -22,7 +22,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from nim_agent._proto import nim_pb2
-from nim_agent.config import NIM, ConfigError, Problem, show
+from nim_agent.checks import ConfigError, Problem, show
+from nim_agent.config import NIM
 
 __all__ = [
     "DEFAULT_TTL",

@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nim_agent.render import deployment_name_for, endpoint_for
+from nim_agent.contract import endpoint_for
+from nim_agent.render import deployment_name_for
 from tests.cluster import wait_for
 from tests.connector_server import ConnectorServer
 from tests.propeller import Propeller

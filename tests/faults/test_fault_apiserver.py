@@ -20,8 +20,8 @@ import pytest
 from kubernetes import client
 
 from nim_agent import metrics
+from nim_agent.contract import OWNED_BY_US
 from nim_agent.kube import Json, Kube
-from nim_agent.reaper import OWNED_BY_US
 from nim_agent.watch import PodCache
 from tests.connector_server import ConnectorServer, delete_request
 from tests.faults.controlplane import ControlPlane

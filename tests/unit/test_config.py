@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem, parse_quantity
+from nim_agent.checks import parse_quantity
+from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem
 
 SECRETS = {"ngc_image_secret": "ngc-pull", "ngc_secret_key": "api_key", "secrets_prefix": "_FSEC_"}
 

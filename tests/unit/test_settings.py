@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nim_agent.config import ConfigError
-from nim_agent.settings import ConnectorSettings, format_duration, parse_duration
+from nim_agent.checks import ConfigError
+from nim_agent.contract import format_duration, parse_duration
+from nim_agent.settings import ConnectorSettings
 
 
 def test_defaults_are_valid_and_documented_values() -> None:
