@@ -17,7 +17,8 @@ Exceptions::
      +-- ConfigError        .problems: tuple[Problem(field, message), ...]
 
 The Kubernetes objects made from a `NIM` are built by `nim_agent.render`; `NIM.pod_template`
-(the seed's sidecar form) is a thin wrapper over it.
+(the seed's sidecar form) is a thin wrapper over `nim_agent.sidecar`, the one place this module
+calls into (on use): the renderer reads a `NIM` but never imports this module at run time.
 """
 
 from __future__ import annotations
@@ -544,7 +545,7 @@ class NIM:
         into NIM_PEFT_SOURCE; the cache at /opt/nim/.cache is an emptyDir (or `cache_pvc`).
         Your task container joins as the primary container when Flyte builds the pod.
         """
-        from nim_agent.render import sidecar_pod_template  # imports flytekit and kubernetes
+        from nim_agent.sidecar import sidecar_pod_template  # imports flytekit and kubernetes
 
         return sidecar_pod_template(self)
 

@@ -13,7 +13,12 @@ Public API::
     namespace_for(nim, execution_namespace, settings)            -> namespace (or ConfigError)
     render(nim, identity, settings, pod_uid=None)                -> [pod, service]
     render_pod(nim, identity, settings), render_service(nim, identity, pod_uid=None)
-    sidecar_pod_spec(nim, settings) -> dict;  sidecar_pod_template(nim) -> flytekit PodTemplate
+    to_yaml(objects) -> multi-document YAML (what `nim-agent render` prints)
+
+The building blocks the sidecar form shares (`nim_agent.sidecar`) are `pod_spec_parts`,
+`guaranteed_resources`, `restricted_security_context` and `drop_none`. A `NIM` is only read here
+(never built), so `nim_agent.config` is imported for its type alone: the config's own
+`NIM.pod_template` is what calls down into this layer, through `nim_agent.sidecar`.
 
 The Service is owned by the Pod (garbage-collected with it). The owner reference needs the Pod's
 uid, known only once the Pod exists: the connector creates the Pod, then calls
@@ -34,14 +39,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from nim_agent.checks import ConfigError, Problem, show
-from nim_agent.config import NIM
 from nim_agent.contract import (
     ANNOTATION_ENDPOINT,
     ANNOTATION_EXECUTION_ID,
     ANNOTATION_EXPIRES_AT,
     CACHE_PATH,
     IDENTITY_PARTS,
-    INPUT_CONTAINER,
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
@@ -52,7 +55,6 @@ from nim_agent.contract import (
     MANAGED_BY,
     NIM_CONTAINER,
     PEFT_SOURCE_ENV,
-    SHARED_PATH,
     SHM_PATH,
     adapter_name,
     endpoint_for,
@@ -61,7 +63,7 @@ from nim_agent.contract import (
 from nim_agent.settings import ConnectorSettings
 
 if TYPE_CHECKING:
-    from flytekit import PodTemplate
+    from nim_agent.config import NIM
 
 __all__ = [
     "DeploymentIdentity",
@@ -72,8 +74,7 @@ __all__ = [
     "render",
     "render_pod",
     "render_service",
-    "sidecar_pod_spec",
-    "sidecar_pod_template",
+    "to_yaml",
 ]
 
 PORT_NAME = "nim-http"
@@ -229,11 +230,12 @@ def namespace_for(nim: NIM, execution_namespace: str | None, settings: Connector
 # --------------------------------------------------------------------------- building blocks
 
 
-def _drop_none(value: Any) -> Any:
+def drop_none(value: Any) -> Any:
+    """`value` without the None entries of its dicts, at any depth (manifests carry no nulls)."""
     if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_none(v) for v in value]
+        return [drop_none(v) for v in value]
     return value
 
 
@@ -244,8 +246,8 @@ def _cpu(value: int | float | str) -> str:
     return text
 
 
-def _resources(quantities: Mapping[str, str]) -> dict[str, Any]:
-    # requests = limits: Guaranteed QoS, no overcommit of a GPU node's memory.
+def guaranteed_resources(quantities: Mapping[str, str]) -> dict[str, Any]:
+    """requests = limits: the Guaranteed QoS class, no overcommit of a GPU node's memory."""
     return {"requests": dict(quantities), "limits": dict(quantities)}
 
 
@@ -253,8 +255,8 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _container_security_context() -> dict[str, Any]:
-    # Pod Security "restricted" on the container itself, so it holds in the sidecar form too.
+def restricted_security_context() -> dict[str, Any]:
+    """Pod Security "restricted" on the container itself, so it holds in the sidecar form too."""
     return {
         "runAsNonRoot": True,
         "runAsUser": NIM_UID,
@@ -300,7 +302,7 @@ def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "imagePullPolicy": nim.image_pull_policy,
         "ports": [{"name": PORT_NAME, "containerPort": nim.port, "protocol": "TCP"}],
         "env": env,
-        "resources": _resources(quantities),
+        "resources": guaranteed_resources(quantities),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
             nim.health_path, nim.port, nim.startup_period_seconds, nim.startup_failure_threshold
@@ -311,7 +313,7 @@ def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "livenessProbe": _http_probe(
             LIVENESS_PATH, nim.port, nim.liveness_period_seconds, nim.liveness_failure_threshold
         ),
-        "securityContext": _container_security_context(),
+        "securityContext": restricted_security_context(),
     }
 
 
@@ -342,9 +344,9 @@ def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "imagePullPolicy": nim.image_pull_policy,
         "command": ["python3", "-c", LORA_DOWNLOAD_SCRIPT],
         "env": env,
-        "resources": _resources(quantities),
+        "resources": guaranteed_resources(quantities),
         "volumeMounts": [{"name": "lora", "mountPath": nim.peft_source}],
-        "securityContext": _container_security_context(),
+        "securityContext": restricted_security_context(),
     }
 
 
@@ -371,8 +373,9 @@ def _tolerations(nim: NIM) -> list[dict[str, Any]] | None:
     return tolerations or None
 
 
-def _pod_spec(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
-    """The parts of the pod spec shared by the connector's Pod and the sidecar form."""
+def pod_spec_parts(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+    """The parts of the pod spec shared by the connector's Pod and the sidecar form: the NIM
+    container (and the adapter download), volumes, pull secret and placement."""
     if nim.cache_pvc and not settings.allow_cache_pvc:
         raise ConfigError(
             [
@@ -459,7 +462,7 @@ def render_pod(
             "fsGroup": NIM_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        **_pod_spec(nim, settings or ConnectorSettings()),
+        **pod_spec_parts(nim, settings or ConnectorSettings()),
     }
     annotations = {**_users(nim.annotations), **_our_annotations(nim, identity)}
     pod = {
@@ -473,7 +476,7 @@ def render_pod(
         },
         "spec": spec,
     }
-    return _drop_none(pod)  # type: ignore[no-any-return]
+    return drop_none(pod)  # type: ignore[no-any-return]
 
 
 def render_service(
@@ -516,7 +519,7 @@ def render_service(
             ],
         },
     }
-    return _drop_none(service)  # type: ignore[no-any-return]
+    return drop_none(service)  # type: ignore[no-any-return]
 
 
 def render(
@@ -527,105 +530,6 @@ def render(
 ) -> list[dict[str, Any]]:
     """Everything the connector creates for one deployment, in creation order: Pod, Service."""
     return [render_pod(nim, identity, settings), render_service(nim, identity, pod_uid)]
-
-
-# --------------------------------------------------------------------------- sidecar form
-
-
-# The seed's `download_inputs`: propeller replaces {{.input}} with the task's inputs.pb; the
-# script (run with the flytekit image's python) writes their values to /shared/inputs.json and
-# downloads every file or directory input below /shared/inputs/<name>.
-INPUT_DOWNLOAD_SCRIPT = """\
-import json, os, sys
-from flyteidl.core import literals_pb2
-from flytekit.core import utils
-from flytekit.core.context_manager import FlyteContextManager
-from flytekit.interaction.string_literals import literal_map_string_repr
-from flytekit.models.literals import LiteralMap
-
-ctx = FlyteContextManager.current_context()
-ctx.file_access.get_data(sys.argv[1], "/shared/inputs.pb")
-literals = LiteralMap.from_flyte_idl(
-    utils.load_proto_from_file(literals_pb2.LiteralMap, "/shared/inputs.pb")
-)
-values = literal_map_string_repr(literals)
-for name, literal in literals.literals.items():
-    blob = literal.scalar.blob if literal.scalar else None
-    if blob is not None:
-        target = os.path.join("/shared/inputs", name)
-        multipart = blob.metadata.type.dimensionality == 1
-        ctx.file_access.get_data(blob.uri, target, is_multipart=multipart)
-        values[name] = target
-with open("/shared/inputs.json", "w") as out:
-    json.dump(values, out)
-print("inputs written to /shared/inputs.json:", sorted(values))
-"""
-DEFAULT_INPUT_DOWNLOADER_IMAGE = "cr.flyte.org/flyteorg/flytekit:py3.11-latest"
-
-
-def _input_downloader(nim: NIM, image: str) -> dict[str, Any]:
-    return {
-        "name": INPUT_CONTAINER,
-        "image": image,
-        "command": ["python3", "-c", INPUT_DOWNLOAD_SCRIPT, "{{.input}}"],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": _resources({"cpu": "1", "memory": nim.inputs_mem}),
-        "securityContext": _container_security_context(),
-        "volumeMounts": [
-            {"name": "shared-data", "mountPath": SHARED_PATH},
-            {"name": "downloader-tmp", "mountPath": "/tmp"},
-        ],
-    }
-
-
-def sidecar_pod_spec(
-    nim: NIM,
-    settings: ConnectorSettings | None = None,
-    input_downloader_image: str = DEFAULT_INPUT_DOWNLOADER_IMAGE,
-) -> dict[str, Any]:
-    """The seed's sidecar form as a pod spec dict: the NIM as `containers[0]`, next to which
-    Flyte adds the task's own (primary) container.
-
-    Same containers, volumes, secrets and placement as the connector's Pod; left out are the
-    pod-wide settings that would also bind the task's container (non-root, restartPolicy,
-    service links, token mount): the NIM container carries its own security context. With
-    `download_inputs`, an init container first downloads the task's inputs to /shared (also
-    mounted, read-only, in the NIM container).
-    """
-    spec = {
-        "securityContext": {"fsGroup": NIM_UID},  # lets uid 1000 write to a PVC cache
-        **_pod_spec(nim, settings or ConnectorSettings()),
-    }
-    if nim.download_inputs:
-        spec["initContainers"] = [
-            _input_downloader(nim, input_downloader_image),
-            *(spec.get("initContainers") or []),
-        ]
-        spec["volumes"] = [
-            *spec["volumes"],
-            {"name": "shared-data", "emptyDir": {}},
-            {"name": "downloader-tmp", "emptyDir": {}},
-        ]
-        server = spec["containers"][0]
-        server["volumeMounts"] = [
-            *(server.get("volumeMounts") or []),
-            {"name": "shared-data", "mountPath": SHARED_PATH, "readOnly": True},
-        ]
-    return _drop_none(spec)  # type: ignore[no-any-return]
-
-
-def sidecar_pod_template(nim: NIM, settings: ConnectorSettings | None = None) -> PodTemplate:
-    """`sidecar_pod_spec` as a flytekit PodTemplate (kubernetes V1PodSpec inside)."""
-    from flytekit import PodTemplate
-    from flytekit.configuration.default_images import DefaultImages
-    from kubernetes.client import V1PodSpec
-
-    spec = sidecar_pod_spec(nim, settings, input_downloader_image=DefaultImages.default_image())
-    return PodTemplate(
-        pod_spec=V1PodSpec.from_dict(spec),
-        labels=dict(nim.labels or {}) or None,
-        annotations=dict(nim.annotations or {}) or None,
-    )
 
 
 # --------------------------------------------------------------------------- YAML
