@@ -194,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         SyncConnectorService,
     )
 
-    from nim_agent.kube import Kube
+    from nim_agent.runtime import close_kube_for_current_loop
     from nim_agent.spec import TASK_TYPE
 
     connector = ConnectorRegistry.get_connector(TASK_TYPE)  # registered by `import flytekit`
@@ -225,7 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             await server.stop(grace=10)
             await connector.stop_background()
-            await Kube.close_for_current_loop()
+            await close_kube_for_current_loop()
 
     asyncio.run(run())
     return 0
@@ -352,13 +352,13 @@ def _teardown(args: argparse.Namespace) -> int:
     connector = ConnectorRegistry.get_connector(TASK_TYPE)
 
     async def run() -> str:
-        from nim_agent.kube import Kube
+        from nim_agent.runtime import close_kube_for_current_loop
 
         try:
             message: str = await connector.teardown(namespace, name)
             return message
         finally:
-            await Kube.close_for_current_loop()
+            await close_kube_for_current_loop()
 
     try:
         print(asyncio.run(run()))

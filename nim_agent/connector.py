@@ -13,7 +13,8 @@ admission) becomes a FAILED task with a message naming the field or the policy, 
 INTERNAL error with a traceback.
 
 This module is loaded by ``import flytekit`` (the ``flytekit.plugins`` entry point), so it stays
-light: the Kubernetes client, the watch cache and the reaper are imported on first use.
+light: the Kubernetes client and the server runtime (`nim_agent.runtime`: the watch cache and the
+reaper) are imported on first use.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -73,7 +73,8 @@ if TYPE_CHECKING:
     from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 
     from nim_agent.kube import Json, Kube
-    from nim_agent.reaper import Reaper, Tombstones
+    from nim_agent.reaper import Tombstones
+    from nim_agent.runtime import Background
     from nim_agent.watch import PodCache
 
 __all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector"]
@@ -145,16 +146,6 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
         return meta
 
 
-@dataclass
-class _Background:
-    """The watch cache and reaper of the long-running server, bound to its event loop."""
-
-    loop: asyncio.AbstractEventLoop
-    cache: PodCache
-    reaper: Reaper
-    tasks: list[asyncio.Task[None]]
-
-
 class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     """Runs NIM servers on Kubernetes for Flyte tasks of type ``nim``."""
 
@@ -163,7 +154,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     def __init__(self, settings: ConnectorSettings | None = None) -> None:
         super().__init__(task_type_name=TASK_TYPE, metadata_type=NIMMetadata)
         self._settings = settings
-        self._background: _Background | None = None
+        self._background: Background | None = None
         self._tombstones: Tombstones | None = None
         self._last_known = _LastKnown()
 
@@ -190,60 +181,36 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         return self._tombstones
 
     async def kube(self) -> Kube:
-        from nim_agent.kube import Kube
+        """The Kubernetes client of the running event loop."""
+        from nim_agent.runtime import kube_for_current_loop
 
-        return await Kube.for_current_loop()
+        return await kube_for_current_loop()
 
     # -- background: watch cache + reaper (server only) ------------------------------------
 
-    def start_background(self) -> _Background:
+    def start_background(self) -> Background:
         """Start the pod watch cache and the cleanup loop on the running event loop.
 
         ``nim-agent serve`` calls this at start; under ``pyflyte serve connector`` the first
         call for a deployment of a Flyte execution does. Local runs never start it.
         """
-        loop = asyncio.get_running_loop()
-        if self._background is not None and self._background.loop is loop:
-            return self._background
-        from nim_agent.contract import OWNED_BY_US
-        from nim_agent.reaper import Reaper
-        from nim_agent.watch import PodCache
+        bg = self._background
+        if bg is None or bg.loop is not asyncio.get_running_loop():
+            from nim_agent.runtime import Background
 
-        namespaces = self.settings.watch_namespaces or None
-        cache = PodCache(self.kube, label_selector=OWNED_BY_US, namespaces=namespaces)
-        cache.start()
-        reaper = Reaper(
-            self.kube,
-            cache,
-            policy=self.policy,
-            keep_failed=self.settings.keep_failed,
-            tombstones=self.tombstones,
-            interval=self.settings.reap_interval,
-        )
-        task = loop.create_task(reaper.run(), name="nim-agent-reaper")
-        self._background = _Background(loop, cache, reaper, [task])
-        log.info(
-            "nim-agent: watching pods (%s), cleanup every %s",
-            ", ".join(namespaces) if namespaces else "all namespaces",
-            format_duration(self.settings.reap_interval),
-        )
-        return self._background
+            bg = self._background = Background.start(self.settings, self.tombstones)
+        return bg
 
     async def stop_background(self) -> None:
+        """Stop what `start_background` started (``nim-agent serve`` on SIGTERM)."""
         bg, self._background = self._background, None
         if bg is not None:
-            for task in bg.tasks:
-                task.cancel()
-            await asyncio.gather(*bg.tasks, return_exceptions=True)
-            await bg.cache.stop()
+            await bg.stop()
 
     def _cache(self, meta: NIMMetadata) -> PodCache | None:
         if meta.local:
             return None
-        bg = self._background
-        if bg is None or bg.loop is not asyncio.get_running_loop():
-            bg = self.start_background()
-        return bg.cache
+        return self.start_background().cache
 
     # -- create ---------------------------------------------------------------------------
 
@@ -446,7 +413,9 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         meta = resource_meta
         if meta.error or not meta.name:
             return
-        _run_to_completion(self._delete(meta))
+        from nim_agent.runtime import run_to_completion
+
+        run_to_completion(self._delete(meta))
 
     async def _delete(self, meta: NIMMetadata) -> None:
         from nim_agent.kube import Kube
@@ -501,28 +470,6 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _run_to_completion(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` on a new event loop; in a helper thread if this thread runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro)
-        return
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
-
-    worker = threading.Thread(target=target, name="nim-agent-delete")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
 
 
 def _execution_of(
