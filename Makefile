@@ -28,9 +28,10 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 setup: $(VENV)/.synced ## create .venv from the lock file (idempotent)
 
-lint: setup ## ruff lint + format check, import layering
+lint: setup ## ruff lint + format check, import layering (.importlinter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 
 typecheck: setup ## mypy on the package
 	$(VENV)/bin/mypy
