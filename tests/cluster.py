@@ -24,6 +24,9 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client, config
 
+from nim_agent import NIM, NIMSecrets
+from nim_agent.contract import LABEL_SIMULATE, OWNED_BY_US
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVCLUSTER = Path(os.environ.get("DEVCLUSTER_DIR", REPO_ROOT / ".devcluster"))
 KUBECONFIG = DEVCLUSTER / "kubeconfig"
@@ -33,7 +36,7 @@ CLUSTER_SCRIPT = REPO_ROOT / "devcluster" / "cluster.sh"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 POOL_LABEL = "nim-agent.dev/pool"
-SIMULATE_LABEL = "nim-agent.dev/simulate"
+SIMULATE_LABEL = LABEL_SIMULATE
 
 # Starting from nothing may include a cold build of Kubernetes (30-50 minutes on 2 cores).
 START_TIMEOUT_S = float(os.environ.get("DEVCLUSTER_START_TIMEOUT", 90 * 60))
@@ -176,3 +179,45 @@ def describe_namespace(api: client.ApiClient, namespace: str) -> str:
     except Exception as e:  # a dump must never hide the test's own failure
         parts.append(f"(could not describe the cluster: {e!r})")
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- what tests deploy
+
+
+def simulated_nim(mode: str = "ready", **overrides: Any) -> NIM:
+    """A one-GPU NIM whose pod lives the local control plane's ``mode`` (devcluster/kwok:
+    ready, never-ready, crashloop, oom, image-pull-error, config-error)."""
+    fields: dict[str, Any] = {
+        "secrets": NIMSecrets(
+            ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
+        ),
+        "cpu": 1,
+        "gpu": 1,
+        "mem": "2Gi",
+        "shm_size": "1Gi",
+        "labels": {SIMULATE_LABEL: mode},
+    }
+    fields.update(overrides)
+    return NIM(**fields)
+
+
+def our_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    """The pods nim-agent made in ``namespace``."""
+    return list(core_v1.list_namespaced_pod(namespace, label_selector=OWNED_BY_US).items)
+
+
+def our_services(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Service]:
+    """The Services nim-agent made in ``namespace``."""
+    return list(core_v1.list_namespaced_service(namespace, label_selector=OWNED_BY_US).items)
+
+
+def names(objects: Any) -> list[str]:
+    """The sorted names of client objects."""
+    return sorted(o.metadata.name for o in objects)
+
+
+def leftovers(core_v1: client.CoreV1Api, namespace: str) -> list[str]:
+    """``pod ns/name`` and ``service ns/name`` for every object of ours in ``namespace``."""
+    return [f"pod {namespace}/{n}" for n in names(our_pods(core_v1, namespace))] + [
+        f"service {namespace}/{n}" for n in names(our_services(core_v1, namespace))
+    ]

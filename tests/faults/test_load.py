@@ -12,15 +12,24 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import pytest
 from kubernetes import client
 
-from tests.connector_server import ConnectorServer, delete_request, get_request
-from tests.faults.support import COUNTS, TE, Deployments, exec_name, our_pods, phase_name, small
+from tests.cluster import our_pods
+from tests.connector_server import (
+    Connectors,
+    ConnectorServer,
+    delete_request,
+    exec_name,
+    get_request,
+)
+from tests.faults.support import COUNTS, TE, Deployments, phase_name, small
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 CONCURRENT = int(os.environ.get("NIM_AGENT_LOAD_CREATES", "200"))
 WARMUP_S = 10.0
@@ -44,11 +53,8 @@ def slope_per_minute(samples: list[tuple[float, float]]) -> float:
 
 
 @pytest.fixture
-def server(kubeconfig_path: Path, tmp_path: Path) -> Iterator[ConnectorServer]:
-    with ConnectorServer(
-        kubeconfig_path, settings=SETTINGS, command="nim-agent", log_path=tmp_path / "c.log"
-    ) as s:
-        yield s
+def server(connectors: Connectors) -> ConnectorServer:
+    return connectors.start(SETTINGS, command="nim-agent")
 
 
 def test_200_concurrent_creates_and_continuous_polling(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +67,9 @@ def can_i(kubeconfig: Path, sa: str, namespace: str, verb: str, resource: str, i
 
 
 @pytest.fixture
-def other_namespace(core_v1: client.CoreV1Api) -> Iterator[str]:
+def other_namespace(make_namespace: Callable[[str], str]) -> str:
     """A second namespace, outside a namespaced install's reach."""
-    name = f"t-other-{uuid.uuid4().hex[:6]}"
-    core_v1.create_namespace({"metadata": {"name": name, "labels": {"nim-agent.dev/test": "true"}}})
-    yield name
-    core_v1.delete_namespace(name)
+    return make_namespace("other")
 
 
 def status_of(error: client.ApiException) -> int:
