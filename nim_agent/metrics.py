@@ -9,7 +9,7 @@ nim_agent_deployments                         | phase (gauge, from the watch cac
 nim_agent_deployments_created_total           | (counter)
 nim_agent_time_to_ready_seconds               | (histogram: pod creation -> Ready)
 nim_agent_failures_total                      | reason
-nim_agent_deletions_total                     | cause (abort, ttl, teardown, failure, orphan)
+nim_agent_deletions_total                     | cause (abort, ttl, teardown, failure)
 nim_agent_kube_requests_total                 | verb, code
 nim_agent_watch_restarts_total                | reason
 """

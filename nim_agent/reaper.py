@@ -1,12 +1,14 @@
-"""Cleanup: delete deployments whose ttl has passed and NIM servers that have failed.
+"""Deleting deployments: why (ttl, failure, abort, teardown), how (`delete_deployment`), and the
+cleanup sweep that deletes expired and failed ones.
 
 Flyte calls DeleteTask only on abort; after success the NIM keeps serving the workflow's next
 steps. So nim-agent removes deployments itself, with every decision taken from what the pod
-carries (labels and annotations), never from process memory: a restarted connector, or another
-replica, cleans up what an earlier one created.
+carries (labels and annotations, `nim_agent.contract`): a restarted connector, or another
+replica, cleans up what an earlier one created. Only `Tombstones` (why a deployment that is
+already gone went) live in process memory.
 
 :func:`reap_decision` is pure (pod + now -> cause or None) and unit-tested; :class:`Reaper` runs
-it over the watch cache (or a fresh list) every ``interval`` and deletes.
+it over the pods in the watch cache every ``interval`` and deletes.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -125,7 +127,7 @@ _SWEEP_SLICE = 50
 
 
 class Reaper:
-    """Every ``interval``, delete expired and failed deployments seen by ``pods()``."""
+    """Every ``interval``, delete the expired and failed deployments in the watch cache."""
 
     def __init__(
         self,
@@ -150,7 +152,7 @@ class Reaper:
         done: list[tuple[str, str, Decision]] = []
         phases: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
         kube = await self._kube()
-        for i, pod in enumerate(self._cached_pods()):
+        for i, pod in enumerate(self._cache.pods()):
             if i % _SWEEP_SLICE == _SWEEP_SLICE - 1:
                 await asyncio.sleep(0)  # let GetTask calls in between slices of the sweep
             meta = pod.get("metadata") or {}
@@ -180,9 +182,6 @@ class Reaper:
         for phase, count in phases.items():
             metrics.DEPLOYMENTS.labels(phase).set(count)
         return done
-
-    def _cached_pods(self) -> Iterable[Mapping[str, Any]]:
-        return self._cache.pods()
 
     async def run(self) -> None:
         """Sweep forever; errors are logged and the next sweep tries again."""

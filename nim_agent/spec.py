@@ -102,6 +102,20 @@ def check_ttl(ttl: object) -> timedelta:
     return ttl
 
 
+def _check_schema_version(version: object) -> None:
+    """ConfigError when the config was written by a newer nim-agent than this one."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ConfigError(
+            [
+                Problem(
+                    "schema_version",
+                    f"{version} is newer than this nim-agent understands ({SCHEMA_VERSION}); "
+                    "upgrade the connector",
+                )
+            ]
+        )
+
+
 def to_proto(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> nim_pb2.NIMTaskConfig:
     """The task config message for `nim` living `ttl`."""
     msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION)
@@ -140,16 +154,7 @@ def to_proto(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> nim_pb2.NIMTaskConfig:
 
 def from_proto(msg: nim_pb2.NIMTaskConfig) -> NIMTaskSpec:
     """The NIM and ttl a task config message describes (validated: ConfigError if invalid)."""
-    if msg.schema_version > SCHEMA_VERSION:
-        raise ConfigError(
-            [
-                Problem(
-                    "schema_version",
-                    f"{msg.schema_version} is newer than this nim-agent understands "
-                    f"({SCHEMA_VERSION}); upgrade the connector",
-                )
-            ]
-        )
+    _check_schema_version(msg.schema_version)
     m = msg.nim
     secrets: dict[str, Any] = {
         "ngc_image_secret": m.secrets.ngc_image_secret,
@@ -200,17 +205,8 @@ def to_custom(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> dict[str, Any]:
 
 def from_custom(custom: Mapping[str, Any]) -> NIMTaskSpec:
     """Read `TaskTemplate.custom` back; ConfigError (field-named) if it is not a valid config."""
-    version = custom.get("schema_version", 0)
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise ConfigError(
-            [
-                Problem(
-                    "schema_version",
-                    f"{version} is newer than this nim-agent understands ({SCHEMA_VERSION}); "
-                    "upgrade the connector",
-                )
-            ]
-        )
+    # Before parsing: a newer schema's new fields would fail the parse with a vaguer message.
+    _check_schema_version(custom.get("schema_version", 0))
     msg = nim_pb2.NIMTaskConfig()
     try:
         json_format.ParseDict(dict(custom), msg)
