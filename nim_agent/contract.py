@@ -42,6 +42,7 @@ __all__ = [
     "ANNOTATION_ENDPOINT",
     "ANNOTATION_EXECUTION_ID",
     "ANNOTATION_EXPIRES_AT",
+    "APP_NAME",
     "CACHE_PATH",
     "FAILURE",
     "IDENTITY_PARTS",
@@ -82,6 +83,7 @@ MANAGED_BY = "nim-agent"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 OWNED_BY_US = f"{LABEL_MANAGED_BY}={MANAGED_BY}"  # label selector of everything nim-agent made
 LABEL_NAME = "app.kubernetes.io/name"
+APP_NAME = "nim"  # the value of LABEL_NAME
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_PREFIX = "nim-agent.dev/"
 LABEL_DEPLOYMENT = LABEL_PREFIX + "deployment"

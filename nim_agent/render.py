@@ -43,6 +43,7 @@ from nim_agent.contract import (
     ANNOTATION_ENDPOINT,
     ANNOTATION_EXECUTION_ID,
     ANNOTATION_EXPIRES_AT,
+    APP_NAME,
     CACHE_PATH,
     IDENTITY_PARTS,
     LABEL_DEPLOYMENT,
@@ -404,7 +405,7 @@ def pod_spec_parts(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
 def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
     ours = {
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_NAME: "nim",
+        LABEL_NAME: APP_NAME,
         LABEL_INSTANCE: identity.name,
         LABEL_DEPLOYMENT: identity.name,
     }

@@ -14,6 +14,7 @@ Public API::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -43,32 +44,14 @@ TEARDOWN_TASK_TYPE = "nim-teardown"
 SCHEMA_VERSION = 1
 DEFAULT_TTL = timedelta(hours=2)
 
-# NIM fields that map one to one onto an `optional` scalar of the same name in the proto.
-_SCALARS = (
-    "image",
-    "health_endpoint",
-    "port",
-    "gpu",
-    "mem",
-    "shm_size",
-    "lora_adapter_mem",
-    "namespace",
-    "ephemeral_storage",
-    "cache_pvc",
-    "gpu_toleration",
-    "runtime_class_name",
-    "priority_class_name",
-    "service_account",
-    "image_pull_policy",
-    "startup_failure_threshold",
-    "startup_period_seconds",
-    "readiness_period_seconds",
-    "readiness_failure_threshold",
-    "liveness_period_seconds",
-    "liveness_failure_threshold",
-    "lora_downloader_image",
-    "download_inputs",
-    "inputs_mem",
+# NIM fields that map one to one onto an `optional` scalar of the same name in the proto (read
+# from the schema itself, so a field added to both is carried without a list to update here).
+_SCALARS = tuple(
+    f.name
+    for f in nim_pb2.NIM.DESCRIPTOR.fields
+    if f.has_presence
+    and f.message_type is None
+    and f.name in {field.name for field in dataclasses.fields(NIM)}
 )
 _MAPS = ("node_selector", "labels", "annotations")
 _SECRET_OPTIONALS = ("ngc_secret_group", "hf_token_group", "hf_token_key")

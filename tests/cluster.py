@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client, config
 
-from nim_agent import NIM, NIMSecrets
 from nim_agent.contract import LABEL_SIMULATE, OWNED_BY_US
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -184,21 +183,71 @@ def describe_namespace(api: client.ApiClient, namespace: str) -> str:
 # --------------------------------------------------------------------------- what tests deploy
 
 
-def simulated_nim(mode: str = "ready", **overrides: Any) -> NIM:
-    """A one-GPU NIM whose pod lives the local control plane's ``mode`` (devcluster/kwok:
-    ready, never-ready, crashloop, oom, image-pull-error, config-error)."""
-    fields: dict[str, Any] = {
-        "secrets": NIMSecrets(
-            ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
-        ),
-        "cpu": 1,
-        "gpu": 1,
-        "mem": "2Gi",
-        "shm_size": "1Gi",
-        "labels": {SIMULATE_LABEL: mode},
+NIM_IMAGE = "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0"
+NGC_SECRET = "ngc-api-key"
+RESTRICTED_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def nim_like_pod(
+    name: str,
+    *,
+    simulate: str | None = None,
+    gpu: int = 1,
+    init_container: bool = True,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A pod shaped like a NIM deployment, made by hand (not by nim-agent): LoRA init container,
+    GPU, NGC key from a Secret, Pod Security "restricted"."""
+    labels = {"app.kubernetes.io/name": "nim", **(labels or {})}
+    if simulate is not None:
+        labels[SIMULATE_LABEL] = simulate
+    resources = {"cpu": "1", "memory": "20Gi"}
+    if gpu:
+        resources[GPU_RESOURCE] = str(gpu)
+    spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "nim",
+                "image": NIM_IMAGE,
+                "ports": [{"containerPort": 8000, "name": "http"}],
+                "env": [
+                    {
+                        "name": "NGC_API_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": NGC_SECRET, "key": "api_key"}},
+                    }
+                ],
+                "resources": {"requests": resources, "limits": resources},
+                "startupProbe": {
+                    "httpGet": {"path": "/v1/health/ready", "port": 8000},
+                    "failureThreshold": 100,
+                },
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            }
+        ],
+        "tolerations": [GPU_TOLERATION] if gpu else [],
     }
-    fields.update(overrides)
-    return NIM(**fields)
+    if init_container:
+        spec["initContainers"] = [
+            {
+                "name": "lora-downloader",
+                "image": "busybox:1.36",
+                "command": ["true"],
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            }
+        ]
+    return {
+        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+        "spec": spec,
+    }
 
 
 def our_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:

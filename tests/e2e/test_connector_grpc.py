@@ -16,7 +16,8 @@ from flyteidl.core import execution_pb2
 from kubernetes import client
 
 from nim_agent import NIMTask
-from tests.cluster import our_pods, our_services, simulated_nim, wait_for
+from tests.cluster import our_pods, our_services, wait_for
+from tests.configs import simulated_nim
 from tests.connector_server import (
     Connectors,
     ConnectorServer,

@@ -19,7 +19,7 @@ from flyteidl.core import execution_pb2
 
 from nim_agent import NIM, NIMTask
 from tests.cluster import GPU_TOLERATION
-from tests.cluster import simulated_nim as nim
+from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
     create_request,

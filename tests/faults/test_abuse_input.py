@@ -31,7 +31,7 @@ from nim_agent.config import ConfigError
 from nim_agent.settings import ENV_PREFIX, ConnectorSettings
 from nim_agent.spec import from_custom, to_custom
 from tests.cluster import our_pods
-from tests.cluster import simulated_nim as nim
+from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     Connectors,
     ConnectorServer,

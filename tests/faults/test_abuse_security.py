@@ -34,7 +34,7 @@ from nim_agent.config import ConfigError
 from nim_agent.render import DeploymentIdentity, ExecutionIdentity, render
 from nim_agent.settings import ConnectorSettings
 from tests.cluster import DEVCLUSTER, REPO_ROOT, our_pods, our_services
-from tests.cluster import simulated_nim as nim
+from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
     create_request,

@@ -12,7 +12,7 @@ import pytest
 from kubernetes import client
 
 from tests.cluster import our_pods, our_services
-from tests.cluster import simulated_nim as nim
+from tests.configs import simulated_nim as nim
 from tests.connector_server import Connectors, ConnectorServer, delete_request
 from tests.faults.support import COUNTS, TE, Deployments, get, initializing, wait_phases
 

@@ -24,7 +24,7 @@ from nim_agent.contract import OWNED_BY_US
 from nim_agent.kube import Json, Kube
 from nim_agent.watch import PodCache
 from tests.cluster import our_pods
-from tests.cluster import simulated_nim as nim
+from tests.configs import simulated_nim as nim
 from tests.connector_server import Connectors, ConnectorServer, delete_request
 from tests.faults.controlplane import ControlPlane
 from tests.faults.support import (
