@@ -38,7 +38,7 @@ from flytekit.extend.backend.base_connector import (
     SyncConnectorBase,
 )
 
-from nim_agent.checks import ConfigError
+from nim_agent.checks import ConfigError, check_dns_label, check_dns_subdomain
 from nim_agent.contract import (
     ABORT,
     FAILURE,
@@ -141,6 +141,13 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
                     raise ValueError(f"{f.name} has the wrong type")
             if not meta.error and not (meta.namespace and meta.name):
                 raise ValueError("namespace and name are required")
+            # Checked here, not left to the API server: a name it refuses as a request path
+            # (e.g. "%") would otherwise fail DeleteTask with INTERNAL instead of a no-op.
+            if not meta.error and (
+                (problem := check_dns_label(meta.namespace))
+                or (problem := check_dns_subdomain(meta.name))
+            ):
+                raise ValueError(problem)
         except (ValueError, UnicodeDecodeError, TypeError) as exc:
             return cls(error=f"resource_meta is not a nim-agent deployment reference ({exc})")
         return meta
