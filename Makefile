@@ -28,14 +28,15 @@ $(VENV)/.synced: pyproject.toml uv.lock | $(UV)
 
 setup: $(VENV)/.synced ## create .venv from the lock file (idempotent)
 
-lint: setup ## ruff lint + format check, import layering
+lint: setup ## ruff lint + format check, import layering (.importlinter)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 
 typecheck: setup ## mypy on the package
 	$(VENV)/bin/mypy
 
-unit: setup ## fast tests, no cluster
+unit: setup ## fast tests, no cluster (what a bare `pytest` runs)
 	$(PYTEST) tests/unit
 
 .PHONY: proto
@@ -52,16 +53,16 @@ cluster-down: ## stop the local control plane, delete its state (nothing running
 	devcluster/cluster.sh down
 
 integration: setup cluster-up ## tests against the local control plane
-	$(PYTEST) tests/integration
+	$(PYTEST) --with-cluster tests/integration
 
 e2e: setup cluster-up propeller-build ## end-to-end tests: Helm chart, image packaging, connector, propeller
-	$(PYTEST) tests/e2e
+	$(PYTEST) --with-cluster tests/e2e
 
 faults: setup cluster-up ## fault, abuse, load and security suite (restarts the apiserver; leak audit at the end)
-	$(PYTEST) tests/faults
+	$(PYTEST) --with-cluster tests/faults
 
 soak: setup cluster-up ## the fault suite with its long variants: minutes of load, more generated inputs
-	NIM_AGENT_SOAK=1 NIM_AGENT_FUZZ_EXAMPLES=1000 NIM_AGENT_FUZZ_GRPC_EXAMPLES=300 $(PYTEST) tests/faults
+	NIM_AGENT_SOAK=1 NIM_AGENT_FUZZ_EXAMPLES=1000 NIM_AGENT_FUZZ_GRPC_EXAMPLES=300 $(PYTEST) --with-cluster tests/faults
 
 test: lint typecheck unit integration e2e faults ## every test suite (what CI runs)
 	@echo "make test: all suites passed"

@@ -32,11 +32,11 @@ from flytekit.extend.backend.base_connector import (
 from kubernetes import client, config
 
 from nim_agent.connector import _execution_of
-from nim_agent.reaper import policy_for
-from nim_agent.render import LABEL_MANAGED_BY, DeploymentIdentity, render_pod, render_service
+from nim_agent.contract import LABEL_MANAGED_BY
+from nim_agent.render import DeploymentIdentity, render_pod, render_service
 from nim_agent.settings import ConnectorSettings
 from nim_agent.spec import from_custom
-from nim_agent.status import Phase, StatusPolicy, classify, flyte_phase
+from nim_agent.status import Phase, StatusPolicy, classify, flyte_phase, policy_for
 
 TASK_TYPE = "nim-baseline"
 MANAGED_BY = "nim-baseline"

@@ -360,11 +360,11 @@ class ReadyWatch:
                 self.ready_at[name] = time.monotonic()
 
     async def start(self) -> None:
-        from nim_agent.kube import Kube
+        from nim_agent.runtime import kube_for_current_loop
         from nim_agent.watch import PodCache
 
         self.cache = PodCache(
-            Kube.for_current_loop,
+            kube_for_current_loop,
             label_selector=SELECTOR,
             namespaces=[NAMESPACE],
             on_event=self._on_event,
@@ -463,17 +463,17 @@ class ApiFloor:
         self.names: list[str] = []
 
     async def create(self, execution_name: str) -> None:
-        from nim_agent.kube import Kube
+        from nim_agent.contract import LABEL_MANAGED_BY
         from nim_agent.render import (
-            LABEL_MANAGED_BY,
             DeploymentIdentity,
             ExecutionIdentity,
             render_pod,
             render_service,
         )
+        from nim_agent.runtime import kube_for_current_loop
         from nim_agent.settings import ConnectorSettings
 
-        kube = await Kube.for_current_loop()
+        kube = await kube_for_current_loop()
         identity = DeploymentIdentity.for_execution(
             ExecutionIdentity("flytesnacks", "development", execution_name, "n0", 0), NAMESPACE
         )
@@ -490,9 +490,9 @@ class ApiFloor:
         self.names.append(identity.name)
 
     async def clean(self) -> None:
-        from nim_agent.kube import Kube
+        from nim_agent.runtime import kube_for_current_loop
 
-        kube = await Kube.for_current_loop()
+        kube = await kube_for_current_loop()
         for name in self.names:
             await kube.delete_pod(NAMESPACE, name, grace_seconds=0)
 
@@ -881,10 +881,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "nim_agent_kube_requests_total"
         )
     finally:
-        from nim_agent.kube import Kube
+        from nim_agent.runtime import close_kube_for_current_loop
 
         await watch.stop()
-        await Kube.close_for_current_loop()
+        await close_kube_for_current_loop()
         for ch in channels.values():
             await ch.close()
         for s in servers.values():

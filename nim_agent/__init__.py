@@ -1,4 +1,4 @@
-"""nim-agent: NVIDIA NIM inference servers as steps of Flyte workflows.
+"""nim-agent's public names: NVIDIA NIM inference servers as steps of Flyte workflows.
 
     from nim_agent import NIM, NIMSecrets, NIMTask
 

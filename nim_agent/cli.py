@@ -19,7 +19,10 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from nim_agent.settings import ConnectorSettings
 
 __all__ = ["main"]
 
@@ -69,7 +72,8 @@ RENDER_HEADER = """\
 
 
 def _render(args: argparse.Namespace) -> int:
-    from nim_agent.config import NIM, ConfigError, check_dns_label
+    from nim_agent.checks import ConfigError, check_dns_label
+    from nim_agent.config import NIM
     from nim_agent.render import DeploymentIdentity, namespace_for, render, to_yaml
     from nim_agent.settings import ConnectorSettings
 
@@ -150,8 +154,8 @@ def _add_serve(subparsers: Any) -> None:
     p.set_defaults(handler=_serve)
 
 
-def _load_settings() -> Any:
-    from nim_agent.config import ConfigError
+def _load_settings() -> ConnectorSettings:
+    from nim_agent.checks import ConfigError
     from nim_agent.settings import ConnectorSettings
 
     try:
@@ -190,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
         SyncConnectorService,
     )
 
-    from nim_agent.kube import Kube
+    from nim_agent.runtime import close_kube_for_current_loop
     from nim_agent.spec import TASK_TYPE
 
     connector = ConnectorRegistry.get_connector(TASK_TYPE)  # registered by `import flytekit`
@@ -221,7 +225,7 @@ def _serve(args: argparse.Namespace) -> int:
         finally:
             await server.stop(grace=10)
             await connector.stop_background()
-            await Kube.close_for_current_loop()
+            await close_kube_for_current_loop()
 
     asyncio.run(run())
     return 0
@@ -248,11 +252,15 @@ def _list(args: argparse.Namespace) -> int:
     import asyncio
     from datetime import UTC, datetime
 
+    from nim_agent.contract import (
+        OWNED_BY_US,
+        endpoint_of,
+        expires_at,
+        format_duration,
+        parse_time,
+    )
     from nim_agent.kube import Kube, KubeError
-    from nim_agent.reaper import OWNED_BY_US, expires_at, policy_for
-    from nim_agent.render import ANNOTATION_ENDPOINT
-    from nim_agent.settings import format_duration
-    from nim_agent.status import StatusPolicy, classify
+    from nim_agent.status import classify, policy_for
 
     settings = _load_settings()
 
@@ -270,24 +278,21 @@ def _list(args: argparse.Namespace) -> int:
         print(f"nim-agent list: {exc}", file=sys.stderr)
         return 1
     now = datetime.now(UTC)
-    base = StatusPolicy(
-        crashloop_restart_threshold=settings.crashloop_restart_threshold,
-        unschedulable_timeout=settings.unschedulable_timeout,
-    )
+    base = settings.status_policy()
     rows = [("NAMESPACE", "NAME", "PHASE", "AGE", "EXPIRES IN", "ENDPOINT")]
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
         meta = pod.get("metadata") or {}
-        endpoint = (meta.get("annotations") or {}).get(ANNOTATION_ENDPOINT, "")
+        endpoint = endpoint_of(pod)
         phase = classify(pod, now=now, policy=policy_for(pod, base), endpoint=endpoint).phase
-        created = datetime.fromisoformat(str(meta.get("creationTimestamp")).replace("Z", "+00:00"))
+        created = parse_time(meta.get("creationTimestamp"))
         expiry = expires_at(pod)
-        left = "-" if expiry is None else format_duration(max(expiry - now, now - now))
+        left = "-" if expiry is None else format_duration(expiry - now)
         rows.append(
             (
                 str(meta.get("namespace")),
                 str(meta.get("name")),
                 phase.value,
-                format_duration(now - created),
+                "-" if created is None else format_duration(now - created),
                 left,
                 endpoint,
             )
@@ -320,8 +325,8 @@ def _add_teardown(subparsers: Any) -> None:
 def _teardown(args: argparse.Namespace) -> int:
     import asyncio
 
-    from nim_agent.config import check_dns_label
-    from nim_agent.render import deployment_of_endpoint
+    from nim_agent.checks import check_dns_label
+    from nim_agent.contract import deployment_of_endpoint
 
     target: str = args.target
     parsed = deployment_of_endpoint(target) if "://" in target else None
@@ -347,13 +352,13 @@ def _teardown(args: argparse.Namespace) -> int:
     connector = ConnectorRegistry.get_connector(TASK_TYPE)
 
     async def run() -> str:
-        from nim_agent.kube import Kube
+        from nim_agent.runtime import close_kube_for_current_loop
 
         try:
             message: str = await connector.teardown(namespace, name)
             return message
         finally:
-            await Kube.close_for_current_loop()
+            await close_kube_for_current_loop()
 
     try:
         print(asyncio.run(run()))

@@ -13,7 +13,8 @@ admission) becomes a FAILED task with a message naming the field or the policy, 
 INTERNAL error with a traceback.
 
 This module is loaded by ``import flytekit`` (the ``flytekit.plugins`` entry point), so it stays
-light: the Kubernetes client, the watch cache and the reaper are imported on first use.
+light: the Kubernetes client and the server runtime (`nim_agent.runtime`: the watch cache and the
+reaper) are imported on first use.
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ import asyncio
 import contextlib
 import json
 import logging
-import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,20 +38,26 @@ from flytekit.extend.backend.base_connector import (
     SyncConnectorBase,
 )
 
-from nim_agent.config import ConfigError
-from nim_agent.render import (
-    LABEL_MANAGED_BY,
-    LABEL_PREFIX,
-    MANAGED_BY,
+from nim_agent.checks import ConfigError, check_dns_label, check_dns_subdomain
+from nim_agent.contract import (
+    ABORT,
+    FAILURE,
     NIM_CONTAINER,
+    TEARDOWN,
+    deletion_cause,
+    deployment_of_endpoint,
+    format_duration,
+    is_ours,
+    same_deployment,
+)
+from nim_agent.render import (
     DeploymentIdentity,
     ExecutionIdentity,
-    deployment_of_endpoint,
     namespace_for,
     render_pod,
     service_for_pod,
 )
-from nim_agent.settings import ConnectorSettings, format_duration
+from nim_agent.settings import ConnectorSettings
 from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
 from nim_agent.status import (
     Classification,
@@ -59,6 +65,7 @@ from nim_agent.status import (
     StatusPolicy,
     classify,
     flyte_phase,
+    policy_for,
 )
 
 if TYPE_CHECKING:
@@ -66,7 +73,8 @@ if TYPE_CHECKING:
     from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 
     from nim_agent.kube import Json, Kube
-    from nim_agent.reaper import Reaper, Tombstones
+    from nim_agent.reaper import Tombstones
+    from nim_agent.runtime import Background
     from nim_agent.watch import PodCache
 
 __all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector"]
@@ -133,19 +141,16 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
                     raise ValueError(f"{f.name} has the wrong type")
             if not meta.error and not (meta.namespace and meta.name):
                 raise ValueError("namespace and name are required")
+            # Checked here, not left to the API server: a name it refuses as a request path
+            # (e.g. "%") would otherwise fail DeleteTask with INTERNAL instead of a no-op.
+            if not meta.error and (
+                (problem := check_dns_label(meta.namespace))
+                or (problem := check_dns_subdomain(meta.name))
+            ):
+                raise ValueError(problem)
         except (ValueError, UnicodeDecodeError, TypeError) as exc:
             return cls(error=f"resource_meta is not a nim-agent deployment reference ({exc})")
         return meta
-
-
-@dataclass
-class _Background:
-    """The watch cache and reaper of the long-running server, bound to its event loop."""
-
-    loop: asyncio.AbstractEventLoop
-    cache: PodCache
-    reaper: Reaper
-    tasks: list[asyncio.Task[None]]
 
 
 class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
@@ -156,7 +161,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     def __init__(self, settings: ConnectorSettings | None = None) -> None:
         super().__init__(task_type_name=TASK_TYPE, metadata_type=NIMMetadata)
         self._settings = settings
-        self._background: _Background | None = None
+        self._background: Background | None = None
         self._tombstones: Tombstones | None = None
         self._last_known = _LastKnown()
         # Deployments whose Service this process has made (or found): one write per deployment.
@@ -173,11 +178,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
     @property
     def policy(self) -> StatusPolicy:
-        s = self.settings
-        return StatusPolicy(
-            crashloop_restart_threshold=s.crashloop_restart_threshold,
-            unschedulable_timeout=s.unschedulable_timeout,
-        )
+        """The classification thresholds of the settings (each pod adds its startup window)."""
+        return self.settings.status_policy()
 
     @property
     def tombstones(self) -> Tombstones:
@@ -188,59 +190,36 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         return self._tombstones
 
     async def kube(self) -> Kube:
-        from nim_agent.kube import Kube
+        """The Kubernetes client of the running event loop."""
+        from nim_agent.runtime import kube_for_current_loop
 
-        return await Kube.for_current_loop()
+        return await kube_for_current_loop()
 
     # -- background: watch cache + reaper (server only) ------------------------------------
 
-    def start_background(self) -> _Background:
+    def start_background(self) -> Background:
         """Start the pod watch cache and the cleanup loop on the running event loop.
 
         ``nim-agent serve`` calls this at start; under ``pyflyte serve connector`` the first
         call for a deployment of a Flyte execution does. Local runs never start it.
         """
-        loop = asyncio.get_running_loop()
-        if self._background is not None and self._background.loop is loop:
-            return self._background
-        from nim_agent.reaper import OWNED_BY_US, Reaper
-        from nim_agent.watch import PodCache
+        bg = self._background
+        if bg is None or bg.loop is not asyncio.get_running_loop():
+            from nim_agent.runtime import Background
 
-        namespaces = self.settings.watch_namespaces or None
-        cache = PodCache(self.kube, label_selector=OWNED_BY_US, namespaces=namespaces)
-        cache.start()
-        reaper = Reaper(
-            self.kube,
-            cache,
-            policy=self.policy,
-            keep_failed=self.settings.keep_failed,
-            tombstones=self.tombstones,
-            interval=self.settings.reap_interval,
-        )
-        task = loop.create_task(reaper.run(), name="nim-agent-reaper")
-        self._background = _Background(loop, cache, reaper, [task])
-        log.info(
-            "nim-agent: watching pods (%s), cleanup every %s",
-            ", ".join(namespaces) if namespaces else "all namespaces",
-            format_duration(self.settings.reap_interval),
-        )
-        return self._background
+            bg = self._background = Background.start(self.settings, self.tombstones)
+        return bg
 
     async def stop_background(self) -> None:
+        """Stop what `start_background` started (``nim-agent serve`` on SIGTERM)."""
         bg, self._background = self._background, None
         if bg is not None:
-            for task in bg.tasks:
-                task.cancel()
-            await asyncio.gather(*bg.tasks, return_exceptions=True)
-            await bg.cache.stop()
+            await bg.stop()
 
     def _cache(self, meta: NIMMetadata) -> PodCache | None:
         if meta.local:
             return None
-        bg = self._background
-        if bg is None or bg.loop is not asyncio.get_running_loop():
-            bg = self.start_background()
-        return bg.cache
+        return self.start_background().cache
 
     # -- create ---------------------------------------------------------------------------
 
@@ -252,7 +231,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         task_execution_metadata: TaskExecutionMetadata | None = None,
         **kwargs: Any,
     ) -> NIMMetadata:
-        """Create the NIM Pod and its Service; a retried create finds the existing ones."""
+        """Create the NIM Pod (one API write); a retried create finds the existing one."""
         from nim_agent.kube import AlreadyExists, Forbidden, Invalid, NotFound
 
         settings = self.settings
@@ -294,7 +273,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             log.info("created %s for %s", where, _describe(execution, task_name))
         except AlreadyExists:
             existing = await kube.get_pod(namespace, identity.name)
-            if existing is None or not _same_deployment(existing, pod):
+            if existing is None or not same_deployment(existing, pod):
                 return _refused(meta, f"{where} exists and belongs to another deployment")
             log.info("%s exists already (retried create): reusing it", where)
         except NotFound:
@@ -355,8 +334,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         kube = await self.kube()
         pod = await self._read_pod(kube, meta)
         now = datetime.now(UTC)
-        cause = self.tombstones.get(meta.namespace, meta.name) or _deletion_cause(pod)
-        policy = _policy_for(pod, self.policy)
+        cause = self.tombstones.get(meta.namespace, meta.name) or deletion_cause(pod)
+        policy = policy_for(pod, self.policy)
         events: list[Json] = []
 
         def classified(log_tail: str | None = None) -> Classification:
@@ -428,12 +407,12 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         # Not in the cache (just created, namespace not watched, watch down): ask the server.
         pod = await kube.get_pod(meta.namespace, meta.name)
         # resource_meta arrives over gRPC: a forged one must not read out a pod that is not ours.
-        return pod if _managed_by_us(pod) else None
+        return pod if is_ours(pod) else None
 
     async def _after(
         self, kube: Kube, meta: NIMMetadata, pod: Json | None, result: Classification
     ) -> None:
-        """Metrics, and cleanup of failed servers."""
+        """Metrics of the outcome, and deletion of a failed server (unless ``keep_failed``)."""
         from nim_agent import metrics
 
         uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")
@@ -441,8 +420,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             metrics.observe_ready(uid, result.custom_info.get("time_to_ready_s"))
         elif result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED) and pod is not None:
             metrics.count_failure(uid, result.reason.value)
-            if not self.settings.keep_failed and not _deletion_cause(pod):
-                from nim_agent.reaper import FAILURE, delete_deployment
+            if not self.settings.keep_failed and not deletion_cause(pod):
+                from nim_agent.reaper import delete_deployment
 
                 await delete_deployment(
                     kube,
@@ -473,18 +452,20 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         meta = resource_meta
         if meta.error or not meta.name:
             return
-        _run_to_completion(self._delete(meta))
+        from nim_agent.runtime import run_to_completion
+
+        run_to_completion(self._delete(meta))
 
     async def _delete(self, meta: NIMMetadata) -> None:
         from nim_agent.kube import Kube
-        from nim_agent.reaper import ABORT, delete_deployment
+        from nim_agent.reaper import delete_deployment
 
         kube = await Kube.connect()  # this loop is short-lived: its own client, closed after
         try:
             pod = await kube.get_pod(meta.namespace, meta.name)
             service = None if pod is not None else await kube.get_service(meta.namespace, meta.name)
             found = pod if pod is not None else service
-            if found is not None and not _managed_by_us(found):
+            if found is not None and not is_ours(found):
                 # resource_meta arrives over gRPC: never delete what nim-agent did not make.
                 log.warning(
                     "DeleteTask for %s/%s: not a nim-agent deployment; nothing deleted",
@@ -511,14 +492,13 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         Only pods nim-agent made are touched; a deployment already gone is success. Returns a
         sentence saying what happened.
         """
-        from nim_agent.reaper import TEARDOWN, delete_deployment
+        from nim_agent.reaper import delete_deployment
 
         kube = await self.kube()
         pod = await kube.get_pod(namespace, name)
         if pod is None:
             return f"NIM deployment {namespace}/{name} was already gone"
-        labels = (pod.get("metadata") or {}).get("labels") or {}
-        if labels.get(LABEL_MANAGED_BY) != MANAGED_BY:
+        if not is_ours(pod):
             raise PermissionError(
                 f"pod {namespace}/{name} was not made by nim-agent; not deleting it"
             )
@@ -529,28 +509,6 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _run_to_completion(coro: Coroutine[Any, Any, None]) -> None:
-    """Run ``coro`` on a new event loop; in a helper thread if this thread runs a loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        asyncio.run(coro)
-        return
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            asyncio.run(coro)
-        except BaseException as exc:  # re-raised in the caller's thread
-            failure.append(exc)
-
-    worker = threading.Thread(target=target, name="nim-agent-delete")
-    worker.start()
-    worker.join()
-    if failure:
-        raise failure[0]
 
 
 def _execution_of(
@@ -583,32 +541,9 @@ def _describe(execution: ExecutionIdentity | None, task_name: str) -> str:
     return f"{e.project}/{e.domain}/{e.execution} node {e.node} attempt {e.retry}"
 
 
-def _same_deployment(existing: Json, wanted: Json) -> bool:
-    """Whether an existing pod is the one ``wanted`` describes (ours, same execution)."""
-    have = (existing.get("metadata") or {}).get("labels") or {}
-    want = (wanted.get("metadata") or {}).get("labels") or {}
-    if have.get(LABEL_MANAGED_BY) != MANAGED_BY:
-        return False
-    keys = [k for k in want if k.startswith(LABEL_PREFIX) and k != LABEL_PREFIX + "simulate"]
-    return all(have.get(k) == want[k] for k in keys)
-
-
-def _managed_by_us(obj: Json | None) -> bool:
-    labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
-    return bool(labels.get(LABEL_MANAGED_BY) == MANAGED_BY)
-
-
 def _refused(meta: NIMMetadata, why: str) -> NIMMetadata:
     log.warning("refused NIM deployment %s/%s: %s", meta.namespace, meta.name, why)
     return NIMMetadata(namespace=meta.namespace, name=meta.name, error=f"Cannot deploy: {why}")
-
-
-def _deletion_cause(pod: Json | None) -> str | None:
-    from nim_agent.reaper import ANNOTATION_DELETION_CAUSE
-
-    annotations = ((pod or {}).get("metadata") or {}).get("annotations") or {}
-    cause = annotations.get(ANNOTATION_DELETION_CAUSE)
-    return str(cause) if cause else None
 
 
 async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
@@ -624,12 +559,6 @@ async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
     except KubeError as exc:
         log.warning("detail for pod %s/%s unavailable: %s", meta.namespace, meta.name, exc)
         return fallback
-
-
-def _policy_for(pod: Json | None, base: StatusPolicy) -> StatusPolicy:
-    from nim_agent.reaper import policy_for
-
-    return policy_for(pod, base)
 
 
 def _wants_events(result: Classification) -> bool:

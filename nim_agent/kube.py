@@ -21,15 +21,11 @@ Errors from the client never leave this module; they are mapped once, in :func:`
 
 from __future__ import annotations
 
-import asyncio
-import atexit
-import contextlib
 import json
 import os
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import aiohttp
@@ -198,22 +194,15 @@ def _path(kind: str, namespace: str | None, name: str | None = None, sub: str = 
 class Kube:
     """A small, dict-based Kubernetes API client bound to one asyncio event loop.
 
-    Use :meth:`for_current_loop`: aiohttp sessions belong to the loop they were made on, and
-    flytekit's local execution calls ``delete`` from a fresh ``asyncio.run`` on Ctrl-C.
+    aiohttp sessions belong to the loop they were made on: the connector takes the client of
+    its loop from `nim_agent.runtime.kube_for_current_loop`.
 
     Example::
 
-        kube = await Kube.for_current_loop()
+        kube = await Kube.connect()
         pod = await kube.get_pod("flytesnacks-development", "nim-llama3-8b-3f9a1c2e")
+        await kube.close()
     """
-
-    _per_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Kube]] = (
-        weakref.WeakKeyDictionary()
-    )
-    _per_loop_atexit: ClassVar[bool] = False
-    _locks: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]] = (
-        weakref.WeakKeyDictionary()
-    )
 
     def __init__(self, api_client: k8s_client.ApiClient, *, request_timeout: float = 10.0) -> None:
         self._api = api_client
@@ -243,41 +232,6 @@ class Kube:
         # Connection pool: GetTask of many deployments and the watch share it.
         configuration.connection_pool_maxsize = 32
         return cls(k8s_client.ApiClient(configuration))
-
-    @classmethod
-    async def for_current_loop(cls) -> Kube:
-        """The client of the running event loop, created on first use."""
-        loop = asyncio.get_running_loop()
-        kube = cls._per_loop.get(loop)
-        if kube is not None:
-            return kube
-        lock = cls._locks.setdefault(loop, asyncio.Lock())
-        async with lock:
-            kube = cls._per_loop.get(loop)
-            if kube is None:
-                kube = await cls.connect()
-                cls._per_loop[loop] = kube
-                if not cls._per_loop_atexit:
-                    atexit.register(cls._close_idle_loops)
-                    cls._per_loop_atexit = True
-        return kube
-
-    @classmethod
-    async def close_for_current_loop(cls) -> None:
-        """Close the running loop's client (e.g. at the end of an ``asyncio.run``)."""
-        kube = cls._per_loop.pop(asyncio.get_running_loop(), None)
-        if kube is not None:
-            await kube.close()
-
-    @classmethod
-    def _close_idle_loops(cls) -> None:
-        # At interpreter exit, close the sessions of loops that are still open but idle (such as
-        # flytekit's local connector loop), so aiohttp does not warn about unclosed sessions.
-        for loop, kube in list(cls._per_loop.items()):
-            if not loop.is_closed() and not loop.is_running():
-                with contextlib.suppress(Exception):
-                    loop.run_until_complete(kube.close())
-        cls._per_loop.clear()
 
     async def close(self) -> None:
         await self._api.close()

@@ -1,14 +1,15 @@
-"""Cleanup: delete deployments whose ttl has passed, NIM servers that have failed, and servers
-of Flyte task attempts that a later attempt of the same node has replaced.
+"""Deleting deployments: why (ttl, failure, abort, teardown, superseded), how
+(`delete_deployment`), and the cleanup sweep that deletes expired, failed and superseded ones.
 
 Flyte calls DeleteTask only on abort; after success the NIM keeps serving the workflow's next
 steps. So nim-agent removes deployments itself, with every decision taken from what the pod
-carries (labels and annotations), never from process memory: a restarted connector, or another
-replica, cleans up what an earlier one created.
+carries (labels and annotations, `nim_agent.contract`): a restarted connector, or another
+replica, cleans up what an earlier one created. Only `Tombstones` (why a deployment that is
+already gone went) live in process memory.
 
 :func:`reap_decision` (pod + now -> cause or None) and :func:`superseded` (pods -> the ones a
-later attempt replaced) are pure and unit-tested; :class:`Reaper` runs them over the watch cache
-every ``interval`` and deletes.
+later attempt replaced) are pure and unit-tested; :class:`Reaper` runs them over the pods in the
+watch cache every ``interval`` and deletes.
 
 Why superseded attempts: flytepropeller turns a failed CreateTask (a timeout included) into a
 retryable failure of the attempt, and retries the node as a new attempt with a new deployment name;
@@ -27,65 +28,23 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from nim_agent import metrics
-from nim_agent.render import ANNOTATION_EXPIRES_AT, LABEL_MANAGED_BY, LABEL_PREFIX, MANAGED_BY
-from nim_agent.status import Classification, Phase, StatusPolicy, classify
+from nim_agent.contract import (
+    ANNOTATION_DELETION_CAUSE,
+    FAILURE,
+    LABEL_PREFIX,
+    SUPERSEDED,
+    TTL,
+    deletion_cause_value,
+    expires_at,
+    format_time,
+)
+from nim_agent.status import Classification, Phase, StatusPolicy, classify, policy_for
 
 if TYPE_CHECKING:
     from nim_agent.kube import Kube
     from nim_agent.watch import PodCache
 
 log = logging.getLogger(__name__)
-
-OWNED_BY_US = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
-ANNOTATION_DELETION_CAUSE = "nim-agent.dev/deletion-cause"
-
-# Causes, as they appear in metrics and messages.
-TTL = "ttl"
-TEARDOWN = "teardown"
-ABORT = "abort"
-FAILURE = "failure"
-SUPERSEDED = "superseded"
-
-
-def _parse_time(text: object) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def expires_at(pod: Mapping[str, Any]) -> datetime | None:
-    """When the deployment's ttl runs out (None: never, or unreadable)."""
-    annotations = (pod.get("metadata") or {}).get("annotations") or {}
-    return _parse_time(annotations.get(ANNOTATION_EXPIRES_AT))
-
-
-def policy_for(pod: Mapping[str, Any] | None, base: StatusPolicy) -> StatusPolicy:
-    """``base`` with the startup window this pod's own startup probe allows."""
-    if not pod:
-        return base
-    containers = ((pod.get("spec") or {}).get("containers")) or [{}]
-    probe = containers[0].get("startupProbe")
-    if not isinstance(probe, Mapping):
-        return base
-    period = probe.get("periodSeconds") or 10
-    failures = probe.get("failureThreshold") or 3
-    delay = probe.get("initialDelaySeconds") or 0
-    if not all(isinstance(v, int) for v in (period, failures, delay)):
-        return base
-    window = timedelta(seconds=delay + period * failures)
-    # The kubelet kills the container when the probe gives up; the margin lets us see that
-    # kill (a precise message) rather than time out just before it.
-    return StatusPolicy(
-        crashloop_restart_threshold=base.crashloop_restart_threshold,
-        unschedulable_timeout=base.unschedulable_timeout,
-        startup_timeout=window + timedelta(seconds=2 * period),
-        image_pull_grace=base.image_pull_grace,
-        container_error_grace=base.container_error_grace,
-    )
 
 
 @dataclass(frozen=True)
@@ -119,7 +78,7 @@ def _decide(
         return None, None
     expiry = expires_at(pod)
     if expiry is not None and now >= expiry:
-        return Decision(TTL, f"ttl expired at {expiry.isoformat()}"), None
+        return Decision(TTL, f"ttl expired at {format_time(expiry)}"), None
     if keep_failed:
         return None, None
     result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint="")
@@ -189,11 +148,10 @@ async def delete_deployment(
     """Delete a deployment's Pod and Service; True if the Pod existed. Idempotent."""
     from nim_agent.kube import NotFound
 
-    tombstones.add(namespace, name, f"{cause}: {detail}" if detail else cause)
+    value = deletion_cause_value(cause, detail)
+    tombstones.add(namespace, name, value)
     with contextlib.suppress(NotFound):
-        await kube.patch_pod_annotations(
-            namespace, name, {ANNOTATION_DELETION_CAUSE: f"{cause}: {detail}"[:1000]}
-        )
+        await kube.patch_pod_annotations(namespace, name, {ANNOTATION_DELETION_CAUSE: value})
     existed = await kube.delete_pod(namespace, name)
     await kube.delete_service(namespace, name)  # owned by the pod; deleting now frees the name
     if existed:
@@ -209,7 +167,7 @@ _SWEEP_SLICE = 50
 
 
 class Reaper:
-    """Every ``interval``, delete expired and failed deployments seen by ``pods()``."""
+    """Every ``interval``, delete the expired and failed deployments in the watch cache."""
 
     def __init__(
         self,
@@ -234,7 +192,7 @@ class Reaper:
         done: list[tuple[str, str, Decision]] = []
         phases: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
         kube = await self._kube()
-        pods = list(self._cached_pods())
+        pods = list(self._cache.pods())
         replaced = {id(pod): decision for pod, decision in superseded(pods)}
         for i, pod in enumerate(pods):
             if i % _SWEEP_SLICE == _SWEEP_SLICE - 1:
@@ -268,9 +226,6 @@ class Reaper:
         for phase, count in phases.items():
             metrics.DEPLOYMENTS.labels(phase).set(count)
         return done
-
-    def _cached_pods(self) -> Iterable[Mapping[str, Any]]:
-        return self._cache.pods()
 
     async def run(self) -> None:
         """Sweep forever; errors are logged and the next sweep tries again."""

@@ -13,7 +13,12 @@ Public API::
     namespace_for(nim, execution_namespace, settings)            -> namespace (or ConfigError)
     render(nim, identity, settings, pod_uid=None)                -> [pod, service]
     render_pod(nim, identity, settings), render_service(nim, identity, pod_uid=None)
-    sidecar_pod_spec(nim, settings) -> dict;  sidecar_pod_template(nim) -> flytekit PodTemplate
+    to_yaml(objects) -> multi-document YAML (what `nim-agent render` prints)
+
+The building blocks the sidecar form shares (`nim_agent.sidecar`) are `pod_spec_parts`,
+`guaranteed_resources`, `restricted_security_context` and `drop_none`. A `NIM` is only read here
+(never built), so `nim_agent.config` is imported for its type alone: the config's own
+`NIM.pod_template` is what calls down into this layer, through `nim_agent.sidecar`.
 
 The Service is owned by the Pod (garbage-collected with it). The owner reference needs the Pod's
 uid, known only once the Pod exists: the connector creates the Pod, then calls
@@ -29,72 +34,68 @@ import re
 import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nim_agent.config import (
+from nim_agent.checks import ConfigError, Problem, show
+from nim_agent.contract import (
+    ANNOTATION_ENDPOINT,
+    ANNOTATION_EXECUTION_ID,
+    ANNOTATION_EXPIRES_AT,
+    APP_NAME,
     CACHE_PATH,
-    NIM,
+    IDENTITY_PARTS,
+    LABEL_DEPLOYMENT,
+    LABEL_INSTANCE,
+    LABEL_MANAGED_BY,
+    LABEL_NAME,
+    LABEL_PREFIX,
+    LABEL_SIMULATE,
+    LORA_CONTAINER,
+    MANAGED_BY,
+    NIM_CONTAINER,
     PEFT_SOURCE_ENV,
     SHM_PATH,
-    ConfigError,
-    Problem,
-    show,
+    adapter_name,
+    endpoint_for,
+    format_time,
 )
 from nim_agent.settings import ConnectorSettings
 
 if TYPE_CHECKING:
-    from flytekit import PodTemplate
+    from nim_agent.config import NIM
 
 __all__ = [
-    "LABEL_DEPLOYMENT",
-    "LABEL_MANAGED_BY",
-    "MANAGED_BY",
-    "NIM_CONTAINER",
     "DeploymentIdentity",
     "ExecutionIdentity",
     "deployment_name_for",
-    "deployment_of_endpoint",
-    "endpoint_for",
     "local_deployment_name_for",
     "namespace_for",
     "render",
     "render_pod",
     "render_service",
     "service_for_pod",
-    "sidecar_pod_spec",
-    "sidecar_pod_template",
+    "to_yaml",
 ]
 
-MANAGED_BY = "nim-agent"
-LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_NAME = "app.kubernetes.io/name"
-LABEL_INSTANCE = "app.kubernetes.io/instance"
-LABEL_DEPLOYMENT = "nim-agent.dev/deployment"
-LABEL_PREFIX = "nim-agent.dev/"
-ANNOTATION_EXECUTION_ID = "nim-agent.dev/execution-id"
-ANNOTATION_EXPIRES_AT = "nim-agent.dev/expires-at"
-ANNOTATION_ENDPOINT = "nim-agent.dev/endpoint"
-
-NIM_CONTAINER = "nim"
-LORA_CONTAINER = "lora-downloader"
 PORT_NAME = "nim-http"
 LIVENESS_PATH = "/v1/health/live"
 METRICS_PATH = "/v1/metrics"
 NIM_UID = 1000  # the NIM images run as uid 1000
 GPU_RESOURCE = "nvidia.com/gpu"
-HF_REPO_IDS_ENV = "NIM_AGENT_HF_REPO_IDS"
+ADAPTERS_ENV = "NIM_AGENT_ADAPTERS"
 
-# The adapter download program: repo ids arrive in an env var, the token (if any) as HF_TOKEN
-# from a secretKeyRef, which huggingface_hub reads itself. Nothing secret is on the command line.
-LORA_DOWNLOAD_SCRIPT = """\
+# The adapter download program: `{folder: repo id}` arrives in an env var (folders named by
+# `contract.adapter_name`), the token (if any) as HF_TOKEN from a secretKeyRef, which
+# huggingface_hub reads itself. Nothing secret is on the command line.
+LORA_DOWNLOAD_SCRIPT = f"""\
 import json, os
 from huggingface_hub import snapshot_download
-root = os.environ["NIM_PEFT_SOURCE"]
-for repo in json.loads(os.environ["NIM_AGENT_HF_REPO_IDS"]):
-    target = os.path.join(root, repo.rsplit("/", 1)[-1])
-    print(f"downloading {repo} -> {target}", flush=True)
+root = os.environ["{PEFT_SOURCE_ENV}"]
+for folder, repo in json.loads(os.environ["{ADAPTERS_ENV}"]).items():
+    target = os.path.join(root, folder)
+    print(f"downloading {{repo}} -> {{target}}", flush=True)
     snapshot_download(repo_id=repo, local_dir=target)
 """
 
@@ -138,27 +139,6 @@ def local_deployment_name_for(task_name: str, nonce: str | None = None) -> str:
     """
     nonce = _secrets.token_hex(4) if nonce is None else nonce
     return _dns_name(task_name, json.dumps([task_name, nonce]), keep_tail=True)
-
-
-def endpoint_for(name: str, namespace: str, port: int) -> str:
-    """The in-cluster URL of a deployment's Service."""
-    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
-
-
-_ENDPOINT = re.compile(
-    r"^http://(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?)\.(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
-    r"\.svc(\.cluster\.local)?(:\d{1,5})?/?$"
-)
-
-
-def deployment_of_endpoint(endpoint: str) -> tuple[str, str] | None:
-    """(name, namespace) of the deployment behind an endpoint from `endpoint_for`, else None.
-
-    >>> deployment_of_endpoint("http://nim-e1-n0-0-ab12.flyte.svc.cluster.local:8000")
-    ('nim-e1-n0-0-ab12', 'flyte')
-    """
-    m = _ENDPOINT.match(endpoint.strip())
-    return (m["name"], m["namespace"]) if m else None
 
 
 def label_value(text: str) -> str:
@@ -252,11 +232,12 @@ def namespace_for(nim: NIM, execution_namespace: str | None, settings: Connector
 # --------------------------------------------------------------------------- building blocks
 
 
-def _drop_none(value: Any) -> Any:
+def drop_none(value: Any) -> Any:
+    """`value` without the None entries of its dicts, at any depth (manifests carry no nulls)."""
     if isinstance(value, dict):
-        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+        return {k: drop_none(v) for k, v in value.items() if v is not None}
     if isinstance(value, list):
-        return [_drop_none(v) for v in value]
+        return [drop_none(v) for v in value]
     return value
 
 
@@ -267,8 +248,8 @@ def _cpu(value: int | float | str) -> str:
     return text
 
 
-def _resources(quantities: Mapping[str, str]) -> dict[str, Any]:
-    # requests = limits: Guaranteed QoS, no overcommit of a GPU node's memory.
+def guaranteed_resources(quantities: Mapping[str, str]) -> dict[str, Any]:
+    """requests = limits: the Guaranteed QoS class, no overcommit of a GPU node's memory."""
     return {"requests": dict(quantities), "limits": dict(quantities)}
 
 
@@ -276,8 +257,8 @@ def _secret_env(name: str, secret: str, key: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
 
 
-def _container_security_context() -> dict[str, Any]:
-    # Pod Security "restricted" on the container itself, so it holds in the sidecar form too.
+def restricted_security_context() -> dict[str, Any]:
+    """Pod Security "restricted" on the container itself, so it holds in the sidecar form too."""
     return {
         "runAsNonRoot": True,
         "runAsUser": NIM_UID,
@@ -323,7 +304,7 @@ def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "imagePullPolicy": nim.image_pull_policy,
         "ports": [{"name": PORT_NAME, "containerPort": nim.port, "protocol": "TCP"}],
         "env": env,
-        "resources": _resources(quantities),
+        "resources": guaranteed_resources(quantities),
         "volumeMounts": mounts,
         "startupProbe": _http_probe(
             nim.health_path, nim.port, nim.startup_period_seconds, nim.startup_failure_threshold
@@ -334,7 +315,7 @@ def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "livenessProbe": _http_probe(
             LIVENESS_PATH, nim.port, nim.liveness_period_seconds, nim.liveness_failure_threshold
         ),
-        "securityContext": _container_security_context(),
+        "securityContext": restricted_security_context(),
     }
 
 
@@ -343,7 +324,10 @@ def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
     assert nim.peft_source is not None and nim.lora_adapter_mem is not None  # by validation
     env: list[dict[str, Any]] = [
         {"name": PEFT_SOURCE_ENV, "value": nim.peft_source},
-        {"name": HF_REPO_IDS_ENV, "value": json.dumps(nim.hf_repo_ids)},
+        {
+            "name": ADAPTERS_ENV,
+            "value": json.dumps({adapter_name(r): r for r in nim.hf_repo_ids or []}),
+        },
         {"name": "HF_HOME", "value": "/tmp/huggingface"},
         {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
     ]
@@ -362,9 +346,9 @@ def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "imagePullPolicy": nim.image_pull_policy,
         "command": ["python3", "-c", LORA_DOWNLOAD_SCRIPT],
         "env": env,
-        "resources": _resources(quantities),
+        "resources": guaranteed_resources(quantities),
         "volumeMounts": [{"name": "lora", "mountPath": nim.peft_source}],
-        "securityContext": _container_security_context(),
+        "securityContext": restricted_security_context(),
     }
 
 
@@ -391,8 +375,9 @@ def _tolerations(nim: NIM) -> list[dict[str, Any]] | None:
     return tolerations or None
 
 
-def _pod_spec(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
-    """The parts of the pod spec shared by the connector's Pod and the sidecar form."""
+def pod_spec_parts(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+    """The parts of the pod spec shared by the connector's Pod and the sidecar form: the NIM
+    container (and the adapter download), volumes, pull secret and placement."""
     if nim.cache_pvc and not settings.allow_cache_pvc:
         raise ConfigError(
             [
@@ -421,20 +406,14 @@ def _pod_spec(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
 def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
     ours = {
         LABEL_MANAGED_BY: MANAGED_BY,
-        LABEL_NAME: "nim",
+        LABEL_NAME: APP_NAME,
         LABEL_INSTANCE: identity.name,
         LABEL_DEPLOYMENT: identity.name,
     }
     if identity.execution is not None:
         e = identity.execution
-        for key, value in (
-            ("project", e.project),
-            ("domain", e.domain),
-            ("execution", e.execution),
-            ("node", e.node),
-            ("retry", str(e.retry)),
-        ):
-            ours[LABEL_PREFIX + key] = label_value(value)
+        for part in IDENTITY_PARTS:
+            ours[LABEL_PREFIX + part] = label_value(str(getattr(e, part)))
     return dict(sorted({**_users(nim.labels), **ours}.items()))
 
 
@@ -446,7 +425,7 @@ def _users(keys: Mapping[str, str] | None) -> dict[str, str]:
     return {
         k: v
         for k, v in (keys or {}).items()
-        if not k.startswith(LABEL_PREFIX) or k.startswith(LABEL_PREFIX + "simulate")
+        if not k.startswith(LABEL_PREFIX) or k.startswith(LABEL_SIMULATE)
     }
 
 
@@ -454,13 +433,7 @@ def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
     execution_id: dict[str, Any] = {}
     if identity.execution is not None:
         e = identity.execution
-        execution_id = {
-            "project": e.project,
-            "domain": e.domain,
-            "execution": e.execution,
-            "node": e.node,
-            "retry": e.retry,
-        }
+        execution_id = {part: getattr(e, part) for part in IDENTITY_PARTS}
     if identity.task_name is not None:
         execution_id["task"] = identity.task_name
     ours = {
@@ -468,15 +441,8 @@ def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
         ANNOTATION_ENDPOINT: identity.endpoint(nim.port),
     }
     if identity.expires_at is not None:
-        ours[ANNOTATION_EXPIRES_AT] = rfc3339(identity.expires_at)
+        ours[ANNOTATION_EXPIRES_AT] = format_time(identity.expires_at)
     return ours
-
-
-def rfc3339(moment: datetime) -> str:
-    """A UTC RFC 3339 timestamp, seconds precision (naive datetimes are taken as UTC)."""
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def render_pod(
@@ -498,7 +464,7 @@ def render_pod(
             "fsGroup": NIM_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        **_pod_spec(nim, settings or ConnectorSettings()),
+        **pod_spec_parts(nim, settings or ConnectorSettings()),
     }
     annotations = {**_users(nim.annotations), **_our_annotations(nim, identity)}
     pod = {
@@ -512,7 +478,7 @@ def render_pod(
         },
         "spec": spec,
     }
-    return _drop_none(pod)  # type: ignore[no-any-return]
+    return drop_none(pod)  # type: ignore[no-any-return]
 
 
 def render_service(
@@ -574,7 +540,7 @@ def service_for_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
             "ports": [{"name": "http", "port": port, "targetPort": port, "protocol": "TCP"}],
         },
     }
-    return _drop_none(service)  # type: ignore[no-any-return]
+    return drop_none(service)  # type: ignore[no-any-return]
 
 
 def _nim_port(pod: Mapping[str, Any]) -> int:
@@ -595,107 +561,6 @@ def render(
 ) -> list[dict[str, Any]]:
     """Everything the connector creates for one deployment, in creation order: Pod, Service."""
     return [render_pod(nim, identity, settings), render_service(nim, identity, pod_uid)]
-
-
-# --------------------------------------------------------------------------- sidecar form
-
-
-# The seed's `download_inputs`: propeller replaces {{.input}} with the task's inputs.pb; the
-# script (run with the flytekit image's python) writes their values to /shared/inputs.json and
-# downloads every file or directory input below /shared/inputs/<name>.
-INPUT_DOWNLOAD_SCRIPT = """\
-import json, os, sys
-from flyteidl.core import literals_pb2
-from flytekit.core import utils
-from flytekit.core.context_manager import FlyteContextManager
-from flytekit.interaction.string_literals import literal_map_string_repr
-from flytekit.models.literals import LiteralMap
-
-ctx = FlyteContextManager.current_context()
-ctx.file_access.get_data(sys.argv[1], "/shared/inputs.pb")
-literals = LiteralMap.from_flyte_idl(
-    utils.load_proto_from_file(literals_pb2.LiteralMap, "/shared/inputs.pb")
-)
-values = literal_map_string_repr(literals)
-for name, literal in literals.literals.items():
-    blob = literal.scalar.blob if literal.scalar else None
-    if blob is not None:
-        target = os.path.join("/shared/inputs", name)
-        multipart = blob.metadata.type.dimensionality == 1
-        ctx.file_access.get_data(blob.uri, target, is_multipart=multipart)
-        values[name] = target
-with open("/shared/inputs.json", "w") as out:
-    json.dump(values, out)
-print("inputs written to /shared/inputs.json:", sorted(values))
-"""
-INPUT_CONTAINER = "input-downloader"
-SHARED_PATH = "/shared"
-DEFAULT_INPUT_DOWNLOADER_IMAGE = "cr.flyte.org/flyteorg/flytekit:py3.11-latest"
-
-
-def _input_downloader(nim: NIM, image: str) -> dict[str, Any]:
-    return {
-        "name": INPUT_CONTAINER,
-        "image": image,
-        "command": ["python3", "-c", INPUT_DOWNLOAD_SCRIPT, "{{.input}}"],
-        "env": [{"name": "HOME", "value": "/tmp"}],
-        "resources": _resources({"cpu": "1", "memory": nim.inputs_mem}),
-        "securityContext": _container_security_context(),
-        "volumeMounts": [
-            {"name": "shared-data", "mountPath": SHARED_PATH},
-            {"name": "downloader-tmp", "mountPath": "/tmp"},
-        ],
-    }
-
-
-def sidecar_pod_spec(
-    nim: NIM,
-    settings: ConnectorSettings | None = None,
-    input_downloader_image: str = DEFAULT_INPUT_DOWNLOADER_IMAGE,
-) -> dict[str, Any]:
-    """The seed's sidecar form as a pod spec dict: the NIM as `containers[0]`, next to which
-    Flyte adds the task's own (primary) container.
-
-    Same containers, volumes, secrets and placement as the connector's Pod; left out are the
-    pod-wide settings that would also bind the task's container (non-root, restartPolicy,
-    service links, token mount): the NIM container carries its own security context. With
-    `download_inputs`, an init container first downloads the task's inputs to /shared (also
-    mounted, read-only, in the NIM container).
-    """
-    spec = {
-        "securityContext": {"fsGroup": NIM_UID},  # lets uid 1000 write to a PVC cache
-        **_pod_spec(nim, settings or ConnectorSettings()),
-    }
-    if nim.download_inputs:
-        spec["initContainers"] = [
-            _input_downloader(nim, input_downloader_image),
-            *(spec.get("initContainers") or []),
-        ]
-        spec["volumes"] = [
-            *spec["volumes"],
-            {"name": "shared-data", "emptyDir": {}},
-            {"name": "downloader-tmp", "emptyDir": {}},
-        ]
-        server = spec["containers"][0]
-        server["volumeMounts"] = [
-            *(server.get("volumeMounts") or []),
-            {"name": "shared-data", "mountPath": SHARED_PATH, "readOnly": True},
-        ]
-    return _drop_none(spec)  # type: ignore[no-any-return]
-
-
-def sidecar_pod_template(nim: NIM, settings: ConnectorSettings | None = None) -> PodTemplate:
-    """`sidecar_pod_spec` as a flytekit PodTemplate (kubernetes V1PodSpec inside)."""
-    from flytekit import PodTemplate
-    from flytekit.configuration.default_images import DefaultImages
-    from kubernetes.client import V1PodSpec
-
-    spec = sidecar_pod_spec(nim, settings, input_downloader_image=DefaultImages.default_image())
-    return PodTemplate(
-        pod_spec=V1PodSpec.from_dict(spec),
-        labels=dict(nim.labels or {}) or None,
-        annotations=dict(nim.annotations or {}) or None,
-    )
 
 
 # --------------------------------------------------------------------------- YAML

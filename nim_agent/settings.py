@@ -1,4 +1,5 @@
-"""ConnectorSettings: the connector operator's configuration (not the user's).
+"""ConnectorSettings: the connector operator's configuration (not the user's), and the
+StatusPolicy (classification thresholds) derived from it.
 
 A small frozen value object. Sources, later ones winning: the defaults below, a YAML file named by
 `NIM_AGENT_CONFIG` (keys are the field names), then one `NIM_AGENT_<FIELD>` environment variable
@@ -6,9 +7,11 @@ per field. For example::
 
     NIM_AGENT_DEFAULT_TTL=2h NIM_AGENT_ALLOWED_NAMESPACES=nim-shared,research nim-agent serve
 
-Durations are written `90s`, `15m`, `2h`, `1h30m` (or a number of seconds); lists are
-comma-separated in env vars; `log_links` is a JSON object in its env var. Every problem (unknown
-keys included) is reported together in one `ConfigError`, each naming the env var or file key.
+Each raw value is converted by the type of its field: durations (`timedelta`) are written
+`90s`, `15m`, `2h`, `1h30m` (or a number of seconds); lists (`tuple[str, ...]`) are
+comma-separated in env vars; pairs (`log_links`) are a JSON object in its env var; an optional
+field is unset by an empty value or `none`. Every problem (unknown keys included) is reported
+together in one `ConfigError`, each naming the env var or file key.
 """
 
 from __future__ import annotations
@@ -18,26 +21,51 @@ import json
 import os
 import re
 import string
-from collections.abc import Mapping
+import types
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, get_args, get_type_hints
 
-from nim_agent.config import (
+from nim_agent.checks import (
     ConfigError,
     Problem,
+    Problems,
     check_dns_label,
     check_dns_subdomain,
     check_image,
     closest,
     show,
 )
+from nim_agent.contract import NIM_CONTAINER, format_duration, parse_duration
 
-__all__ = ["ENV_PREFIX", "ConnectorSettings", "format_duration", "parse_duration"]
+__all__ = ["ENV_PREFIX", "ConnectorSettings", "StatusPolicy"]
 
 ENV_PREFIX = "NIM_AGENT_"
 CONFIG_FILE_ENV = "NIM_AGENT_CONFIG"
 LOG_LINK_FIELDS = ("namespace", "pod", "container")
+
+
+@dataclass(frozen=True)
+class StatusPolicy:
+    """Thresholds of `nim_agent.status.classify`; `ConnectorSettings.status_policy()` makes one.
+
+    Example: ``StatusPolicy(startup_timeout=timedelta(seconds=30 + 10 * 120))``.
+    """
+
+    #: FAILED once a container has restarted this many times (kubelet restarts crashing servers).
+    crashloop_restart_threshold: int = 3
+    #: FAILED when the pod has no node this long after its creation (not for gated pods).
+    unschedulable_timeout: timedelta = timedelta(minutes=15)
+    #: FAILED when the server container has run this long without becoming ready. The caller
+    #: derives it from the startup probe (initial delay + period * failure threshold).
+    startup_timeout: timedelta = timedelta(minutes=30)
+    #: ErrImagePull / ImagePullBackOff is tolerated this long (registry hiccups, rate limits):
+    #: kubelet retries after 10s, 20s, 40s, 80s, so 2 minutes is three or four attempts, and
+    #: about four of Flyte's 30-second polls. Permanent errors (not found, denied) fail at once.
+    image_pull_grace: timedelta = timedelta(minutes=2)
+    #: CreateContainerError / RunContainerError is tolerated this long (runtime timeouts).
+    container_error_grace: timedelta = timedelta(minutes=2)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,12 +106,18 @@ class ConnectorSettings:
 
     def problems(self) -> list[Problem]:
         """Every problem with these settings, named by field (empty when valid)."""
-        found: list[Problem] = []
-
-        def add(name: str, message: str | None) -> None:
-            if message:
-                found.append(Problem(name, message))
-
+        found = Problems()
+        add = found.add
+        for name, kind in _TYPES.items():  # what every field of its type must be
+            value: object = getattr(self, name)
+            if value is None and _optional(kind):
+                continue
+            if _base(kind) is timedelta and (
+                not isinstance(value, timedelta) or value <= timedelta(0)
+            ):
+                add(name, f'{show(value)} is not a positive duration; use e.g. "2h" or "15m"')
+            elif _base(kind) is bool and not isinstance(value, bool):
+                add(name, f"{show(value)} is not true or false")
         add("default_secret_name", check_dns_subdomain(self.default_secret_name))
         add("default_namespace", check_dns_label(self.default_namespace))
         for ns in self.allowed_namespaces:
@@ -91,12 +125,6 @@ class ConnectorSettings:
                 add("allowed_namespaces", check_dns_label(ns))
         for ns in self.watch_namespaces:
             add("watch_namespaces", check_dns_label(ns))
-        for name in ("default_ttl", "max_ttl", "unschedulable_timeout", "reap_interval"):
-            value: object = getattr(self, name)
-            if value is None and name == "max_ttl":
-                continue
-            if not isinstance(value, timedelta) or value <= timedelta(0):
-                add(name, f'{show(value)} is not a positive duration; use e.g. "2h" or "15m"')
         if (
             isinstance(self.max_ttl, timedelta)
             and isinstance(self.default_ttl, timedelta)
@@ -110,22 +138,26 @@ class ConnectorSettings:
         threshold: object = self.crashloop_restart_threshold
         if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
             add("crashloop_restart_threshold", f"{show(threshold)} is not an integer of 1 or more")
-        for flag in ("keep_failed", "allow_cache_pvc"):
-            flag_value: object = getattr(self, flag)
-            if not isinstance(flag_value, bool):
-                add(flag, f"{show(flag_value)} is not true or false")
         for link_name, template in self.log_links:
             add(f"log_links.{link_name}", _check_template(template))
         if self.lora_downloader_image is not None:
             add("lora_downloader_image", check_image(self.lora_downloader_image))
         return found
 
+    def status_policy(self) -> StatusPolicy:
+        """The thresholds these settings give `classify` (the startup window comes per pod,
+        from its own startup probe: `nim_agent.status.policy_for`)."""
+        return StatusPolicy(
+            crashloop_restart_threshold=self.crashloop_restart_threshold,
+            unschedulable_timeout=self.unschedulable_timeout,
+        )
+
     def namespace_allowed(self, namespace: str) -> bool:
         """Whether a NIM may ask for `namespace` (beyond the execution's own)."""
         return "*" in self.allowed_namespaces or namespace in self.allowed_namespaces
 
     def log_links_for(
-        self, namespace: str, pod: str, container: str = "nim"
+        self, namespace: str, pod: str, container: str = NIM_CONTAINER
     ) -> list[tuple[str, str]]:
         """The (name, URL) log links for one pod."""
         values = {"namespace": namespace, "pod": pod, "container": container}
@@ -154,6 +186,7 @@ class ConnectorSettings:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ConnectorSettings)}
+_TYPES: dict[str, Any] = get_type_hints(ConnectorSettings)
 
 
 def _build(raw: Mapping[str, tuple[object, str]]) -> ConnectorSettings:
@@ -170,7 +203,7 @@ def _build(raw: Mapping[str, tuple[object, str]]) -> ConnectorSettings:
             continue
         origin[key] = where
         try:
-            kwargs[key] = _convert(key, value)
+            kwargs[key] = _CONVERTERS[key](value)
         except ValueError as exc:
             problems.append(Problem(where, str(exc)))
     try:
@@ -185,82 +218,26 @@ def _build(raw: Mapping[str, tuple[object, str]]) -> ConnectorSettings:
     return settings
 
 
-def _convert(name: str, value: object) -> object:
-    """One raw value (env string or YAML value) as the field's type; ValueError if it cannot be."""
-    if name in ("default_ttl", "max_ttl", "unschedulable_timeout", "reap_interval"):
-        if value is None and name == "max_ttl":
-            return None
-        if value in ("", "none", "None") and name == "max_ttl":
-            return None
-        return parse_duration(value)
-    if name in ("keep_failed", "allow_cache_pvc"):
-        return _parse_bool(value)
-    if name == "crashloop_restart_threshold":
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"{show(value)} is not an integer of 1 or more")
-    if name in ("allowed_namespaces", "watch_namespaces"):
-        if isinstance(value, str):
-            return tuple(v.strip() for v in value.split(",") if v.strip())
-        if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-            return tuple(value)
-        raise ValueError(f"{show(value)} is not a list of namespaces (comma-separated in env)")
-    if name == "log_links":
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"is not a JSON object of name -> URL template ({exc.msg})"
-                ) from None
-        if isinstance(value, Mapping) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-        ):
-            return tuple((k, v) for k, v in value.items())
-        raise ValueError(f"{show(value)} is not a mapping of name -> URL template")
-    if name == "lora_downloader_image" and value in (None, ""):
-        return None
+# --------------------------------------------------------------------------- converters
+# One per field type: a raw value (an env var's string, or a YAML value) to the field's type,
+# or ValueError with the message. Each field gets the converter of its annotation.
+
+
+def _to_str(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"{show(value)} is not a string")
     return value
 
 
-_DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
-
-
-def parse_duration(value: object) -> timedelta:
-    """`90s`, `15m`, `2h`, `1h30m`, or a number of seconds, as a timedelta (ValueError if not)."""
-    if isinstance(value, timedelta):
+def _to_int(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    try:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return timedelta(seconds=value)
-        if isinstance(value, str):
-            text = value.strip()
-            if re.fullmatch(r"\d+(\.\d+)?", text):
-                return timedelta(seconds=float(text))
-            m = _DURATION.match(text)
-            if text and m:
-                return timedelta(
-                    hours=int(m["h"] or 0), minutes=int(m["m"] or 0), seconds=int(m["s"] or 0)
-                )
-    except OverflowError:  # beyond timedelta's 999999999 days, or infinite
-        raise ValueError(f"{show(value)} is not a duration this side of year 10000") from None
-    raise ValueError(f'{show(value)} is not a duration; use e.g. "90s", "15m", "2h" or "1h30m"')
+    raise ValueError(f"{show(value)} is not an integer")
 
 
-def format_duration(value: timedelta) -> str:
-    """A timedelta in the form parse_duration reads (`2h`, `1h30m`, `45s`)."""
-    seconds = int(value.total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
-    return text + (f"{secs}s" if secs or not text else "")
-
-
-def _parse_bool(value: object) -> bool:
+def _to_bool(value: object) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on"):
@@ -268,6 +245,63 @@ def _parse_bool(value: object) -> bool:
     if isinstance(value, str) and value.strip().lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{show(value)} is not true or false")
+
+
+def _to_names(value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"{show(value)} is not a list of names (comma-separated in an env var)")
+
+
+def _to_pairs(value: object) -> tuple[tuple[str, str], ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not a JSON object of names to strings ({exc.msg})") from None
+    if isinstance(value, Mapping) and all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return tuple((k, v) for k, v in value.items())
+    raise ValueError(f"{show(value)} is not a mapping of names to strings")
+
+
+_BY_TYPE: dict[Any, Callable[[object], Any]] = {
+    str: _to_str,
+    int: _to_int,
+    bool: _to_bool,
+    timedelta: parse_duration,
+    tuple[str, ...]: _to_names,
+    tuple[tuple[str, str], ...]: _to_pairs,
+}
+
+
+def _optional(kind: Any) -> bool:
+    return isinstance(kind, types.UnionType) and type(None) in get_args(kind)
+
+
+def _base(kind: Any) -> Any:
+    """`X` for `X | None`, else the type itself."""
+    if _optional(kind):
+        return next(a for a in get_args(kind) if a is not type(None))
+    return kind
+
+
+def _converter(kind: Any) -> Callable[[object], Any]:
+    convert = _BY_TYPE[_base(kind)]  # KeyError at import: a new field type needs a converter
+    if not _optional(kind):
+        return convert
+
+    def optional(value: object) -> Any:
+        unset = value is None or (isinstance(value, str) and value.strip().lower() in ("", "none"))
+        return None if unset else convert(value)
+
+    return optional
+
+
+_CONVERTERS = {name: _converter(kind) for name, kind in _TYPES.items()}
 
 
 def _check_template(template: str) -> str | None:

@@ -14,6 +14,7 @@ Public API::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
@@ -22,7 +23,8 @@ from typing import Any
 from google.protobuf import json_format
 
 from nim_agent._proto import nim_pb2
-from nim_agent.config import NIM, ConfigError, Problem, show
+from nim_agent.checks import ConfigError, Problem, show
+from nim_agent.config import NIM
 
 __all__ = [
     "DEFAULT_TTL",
@@ -42,32 +44,14 @@ TEARDOWN_TASK_TYPE = "nim-teardown"
 SCHEMA_VERSION = 1
 DEFAULT_TTL = timedelta(hours=2)
 
-# NIM fields that map one to one onto an `optional` scalar of the same name in the proto.
-_SCALARS = (
-    "image",
-    "health_endpoint",
-    "port",
-    "gpu",
-    "mem",
-    "shm_size",
-    "lora_adapter_mem",
-    "namespace",
-    "ephemeral_storage",
-    "cache_pvc",
-    "gpu_toleration",
-    "runtime_class_name",
-    "priority_class_name",
-    "service_account",
-    "image_pull_policy",
-    "startup_failure_threshold",
-    "startup_period_seconds",
-    "readiness_period_seconds",
-    "readiness_failure_threshold",
-    "liveness_period_seconds",
-    "liveness_failure_threshold",
-    "lora_downloader_image",
-    "download_inputs",
-    "inputs_mem",
+# NIM fields that map one to one onto an `optional` scalar of the same name in the proto (read
+# from the schema itself, so a field added to both is carried without a list to update here).
+_SCALARS = tuple(
+    f.name
+    for f in nim_pb2.NIM.DESCRIPTOR.fields
+    if f.has_presence
+    and f.message_type is None
+    and f.name in {field.name for field in dataclasses.fields(NIM)}
 )
 _MAPS = ("node_selector", "labels", "annotations")
 _SECRET_OPTIONALS = ("ngc_secret_group", "hf_token_group", "hf_token_key")
@@ -99,6 +83,20 @@ def check_ttl(ttl: object) -> timedelta:
             ]
         )
     return ttl
+
+
+def _check_schema_version(version: object) -> None:
+    """ConfigError when the config was written by a newer nim-agent than this one."""
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ConfigError(
+            [
+                Problem(
+                    "schema_version",
+                    f"{version} is newer than this nim-agent understands ({SCHEMA_VERSION}); "
+                    "upgrade the connector",
+                )
+            ]
+        )
 
 
 def to_proto(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> nim_pb2.NIMTaskConfig:
@@ -139,16 +137,7 @@ def to_proto(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> nim_pb2.NIMTaskConfig:
 
 def from_proto(msg: nim_pb2.NIMTaskConfig) -> NIMTaskSpec:
     """The NIM and ttl a task config message describes (validated: ConfigError if invalid)."""
-    if msg.schema_version > SCHEMA_VERSION:
-        raise ConfigError(
-            [
-                Problem(
-                    "schema_version",
-                    f"{msg.schema_version} is newer than this nim-agent understands "
-                    f"({SCHEMA_VERSION}); upgrade the connector",
-                )
-            ]
-        )
+    _check_schema_version(msg.schema_version)
     m = msg.nim
     secrets: dict[str, Any] = {
         "ngc_image_secret": m.secrets.ngc_image_secret,
@@ -199,17 +188,8 @@ def to_custom(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> dict[str, Any]:
 
 def from_custom(custom: Mapping[str, Any]) -> NIMTaskSpec:
     """Read `TaskTemplate.custom` back; ConfigError (field-named) if it is not a valid config."""
-    version = custom.get("schema_version", 0)
-    if isinstance(version, int) and version > SCHEMA_VERSION:
-        raise ConfigError(
-            [
-                Problem(
-                    "schema_version",
-                    f"{version} is newer than this nim-agent understands ({SCHEMA_VERSION}); "
-                    "upgrade the connector",
-                )
-            ]
-        )
+    # Before parsing: a newer schema's new fields would fail the parse with a vaguer message.
+    _check_schema_version(custom.get("schema_version", 0))
     msg = nim_pb2.NIMTaskConfig()
     try:
         json_format.ParseDict(dict(custom), msg)

@@ -1,62 +1,80 @@
-"""Classify a NIM pod into a Flyte task phase with a message a person can act on.
+"""The status rules: a NIM pod's facts -> a Flyte task phase and a message a person can act on.
 
 Purely computational, no I/O: the caller (the connector) reads the pod, its events and, when asked,
-a log tail from Kubernetes, and passes them in together with the current time. Everything here is
-a function of its arguments, so every branch is covered by table-driven unit tests.
+a log tail from Kubernetes, and passes them in together with the current time. The pod is read
+into facts by `nim_agent.podfacts` (which never raises); this module decides, and everything here
+is a function of its arguments, so every branch is covered by table-driven unit tests.
 
 Public API::
 
     classify(pod, *, events=(), now, policy, endpoint, log_tail=None, deletion_cause=None)
         -> Classification(phase, message, reason, outputs, custom_info, log_request)
+    policy_for(pod, settings.status_policy()) -> StatusPolicy   # + the pod's own startup window
     flyte_phase(Phase.RUNNING) -> 2      # flyteidl TaskExecution.Phase value
     is_terminal(Phase.SUCCEEDED) -> True
 
 `pod` is a core/v1 Pod as a plain JSON dict in the API's camelCase form, exactly as the API server
-returns it (``pod["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]``). Every field
-may be absent; a missing or malformed field never raises. ``None`` means the pod is gone.
-`events` are core/v1 Event dicts involving the pod (events.k8s.io/v1 ``regarding``/``note`` work
-too); events of an older pod with the same name are ignored when both carry a uid.
+returns it; ``None`` means the pod is gone. `events` are core/v1 Event dicts involving the pod
+(events.k8s.io/v1 ``regarding``/``note`` work too).
 
-The mapping, first match wins (the rule table is `_RULES`, in this order):
+The mapping, first match wins. The rules are `_RULES`, in the order of the first column; a unit
+test holds this table and that tuple to the same order. The NIM server is the container the
+renderer named ``nim``, the adapter download the init container ``lora-downloader``
+(`nim_agent.contract`); `_init_containers` applies the image, config and create rules below to
+the init containers first.
 
-=================================================  ======================  ====================
-pod state                                          phase                   reason
-=================================================  ======================  ====================
-gone, or being deleted by nim-agent itself         FAILED                  PodDeleted
-gone, deleted by someone else                      RETRYABLE_FAILED        PodDeleted
-DisruptionTarget condition / being deleted         RETRYABLE_FAILED        Preempted, Evicted,
-                                                                           NodeLost, PodDeleted
-phase Failed: Evicted / node gone / kubelet        RETRYABLE_FAILED        Evicted, NodeLost,
-admission rejected (OutOf*, UnexpectedAdmission)                           AdmissionRejected
-phase Failed: a container or init container        FAILED                  OOMKilled, ...
-phase Succeeded (the server exited 0)              FAILED                  ServerExited
-phase Unknown, reason NodeLost, NodeNotReady       RETRYABLE_FAILED        NodeLost
-Ready condition True                               SUCCEEDED               Ready
-no node: scheduling gated                          WAITING_FOR_RESOURCES   SchedulingGated
-no node: Unschedulable (until the timeout)         WAITING_FOR_RESOURCES   Unschedulable
-no node, no decision yet                           QUEUED                  Queued
-... past `unschedulable_timeout` since creation    FAILED                  Unschedulable
-init container failed / crash loop / OOMKilled     FAILED                  InitContainerFailed
-init container failed below the threshold          INITIALIZING            Restarting
-init container running (LoRA download)             INITIALIZING            InitContainerRunning
-InvalidImageName / ErrImageNeverPull, or a         FAILED                  ImagePullError
-permanent registry error (not found, denied)
-ErrImagePull / ImagePullBackOff                    INITIALIZING, then      ImagePullError
-                                                   FAILED after grace
-CreateContainerConfigError                         FAILED                  MissingSecret,
-                                                                           ContainerConfigError
-CreateContainerError / RunContainerError           INITIALIZING, then      ContainerCreateError
-                                                   FAILED after grace
-OOMKilled (current or last termination)            FAILED                  OOMKilled
-killed by its startup probe                        FAILED                  StartupTimeout
-restartCount >= crashloop_restart_threshold        FAILED                  CrashLoop
-restarting below the threshold                     RUNNING                 Restarting
-running, not ready, past `startup_timeout`         FAILED                  StartupTimeout
-running, not ready                                 RUNNING                 LoadingModel
-pulling the image / creating the container         INITIALIZING            PullingImage,
-                                                                           ContainerCreating
-anything else                                      INITIALIZING/RUNNING    Unknown
-=================================================  ======================  ====================
+===================  ==================================  =====================  ====================
+rule                 pod state                           phase                  reason
+===================  ==================================  =====================  ====================
+(no pod)             gone, deleted by nim-agent itself   FAILED                 PodDeleted
+(no pod)             gone, deleted by someone else       RETRYABLE_FAILED       PodDeleted
+_deleted_by_us       being deleted by nim-agent itself   FAILED                 PodDeleted
+_disrupted           DisruptionTarget condition, or      RETRYABLE_FAILED       Preempted, Evicted,
+                     being deleted by someone else                              NodeLost, PodDeleted
+_pod_failed          phase Failed: Evicted, node gone,   RETRYABLE_FAILED       Evicted, NodeLost,
+                     kubelet admission rejected                                 AdmissionRejected
+                     (OutOf*, UnexpectedAdmission)
+_pod_failed          phase Failed: a container or an     FAILED                 OOMKilled, ...
+                     init container failed
+_pod_succeeded       phase Succeeded (server exited 0)   FAILED                 ServerExited
+_node_lost           phase Unknown, reason NodeLost,     RETRYABLE_FAILED       NodeLost
+                     NodeNotReady
+_ready               Ready condition True                SUCCEEDED              Ready
+_unscheduled         no node: scheduling gated           WAITING_FOR_RESOURCES  SchedulingGated
+_unscheduled         no node: Unschedulable (until the   WAITING_FOR_RESOURCES  Unschedulable
+                     timeout)
+_unscheduled         no node, no decision yet            QUEUED                 Queued
+_unscheduled         ... past `unschedulable_timeout`    FAILED                 Unschedulable
+                     since creation
+_init_containers     init container failed / crash       FAILED                 InitContainerFailed
+                     loop / OOMKilled
+_init_containers     init container failed below the     INITIALIZING           Restarting
+                     threshold
+_init_containers     init container running (LoRA        INITIALIZING           InitContainerRunning
+                     download)
+_containers_failing  InvalidImageName, ErrImageNever-    FAILED                 ImagePullError
+                     Pull, or a permanent registry
+                     error (not found, denied)
+_containers_failing  ErrImagePull / ImagePullBackOff     INITIALIZING, then     ImagePullError
+                                                         FAILED after grace
+_containers_failing  CreateContainerConfigError (the     FAILED                 MissingSecret,
+                     kubelet's words name a Secret)                             ContainerConfigError
+_containers_failing  CreateContainerError /              INITIALIZING, then     ContainerCreateError
+                     RunContainerError                   FAILED after grace
+_containers_failing  OOMKilled (current or last          FAILED                 OOMKilled
+                     termination)
+_containers_failing  killed by its startup probe         FAILED                 StartupTimeout
+_containers_failing  restartCount >= crashloop_restart_  FAILED                 CrashLoop
+                     threshold
+_nim_running         server restarting below the         RUNNING                Restarting
+                     threshold
+_nim_running         server running, not ready, past     FAILED                 StartupTimeout
+                     `startup_timeout`
+_nim_running         server running, not ready           RUNNING                LoadingModel
+_nim_creating        pulling the server's image /        INITIALIZING           PullingImage,
+                     creating its container                                     ContainerCreating
+_fallback            anything else                       INITIALIZING, RUNNING  Unknown
+===================  ==================================  =====================  ====================
 
 Times are measured against `now`: the unschedulable timeout from the pod's creation, the image
 pull and container-create grace from the first kubelet ``Failed`` event of that container (else
@@ -65,11 +83,24 @@ from scheduling), the startup window from the current start of the server contai
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
+
+from nim_agent.contract import format_duration
+from nim_agent.podfacts import (
+    ContainerFacts,
+    EventFacts,
+    PodFacts,
+    custom_info,
+    read_pod,
+    startup_probe,
+)
+from nim_agent.settings import StatusPolicy
 
 __all__ = [
     "Classification",
@@ -80,6 +111,7 @@ __all__ = [
     "classify",
     "flyte_phase",
     "is_terminal",
+    "policy_for",
 ]
 
 
@@ -148,28 +180,6 @@ def flyte_phase(phase: Phase) -> int:
 
 
 @dataclass(frozen=True)
-class StatusPolicy:
-    """Thresholds of `classify`; the connector builds one from its settings and the NIM config.
-
-    Example: ``StatusPolicy(startup_timeout=timedelta(seconds=30 + 10 * 120))``.
-    """
-
-    #: FAILED once a container has restarted this many times (kubelet restarts crashing servers).
-    crashloop_restart_threshold: int = 3
-    #: FAILED when the pod has no node this long after its creation (not for gated pods).
-    unschedulable_timeout: timedelta = timedelta(minutes=15)
-    #: FAILED when the server container has run this long without becoming ready. The caller
-    #: derives it from the startup probe (initial delay + period * failure threshold).
-    startup_timeout: timedelta = timedelta(minutes=30)
-    #: ErrImagePull / ImagePullBackOff is tolerated this long (registry hiccups, rate limits):
-    #: kubelet retries after 10s, 20s, 40s, 80s, so 2 minutes is three or four attempts, and
-    #: about four of Flyte's 30-second polls. Permanent errors (not found, denied) fail at once.
-    image_pull_grace: timedelta = timedelta(minutes=2)
-    #: CreateContainerError / RunContainerError is tolerated this long (runtime timeouts).
-    container_error_grace: timedelta = timedelta(minutes=2)
-
-
-@dataclass(frozen=True)
 class LogRequest:
     """Which log would explain a failure: fetch its tail and call `classify` again with it."""
 
@@ -194,351 +204,19 @@ class Classification:
         return self.phase is Phase.RETRYABLE_FAILED
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading the pod: every accessor tolerates absent or mistyped fields.
+def policy_for(pod: Mapping[str, Any] | None, base: StatusPolicy) -> StatusPolicy:
+    """``base`` with the startup window this pod's own startup probe allows."""
+    probe = startup_probe(pod)
+    if probe is None:
+        return base
+    # The kubelet kills the container when the probe gives up; the margin lets us see that
+    # kill (a precise message) rather than time out just before it.
+    return dataclasses.replace(base, startup_timeout=probe.window + 2 * probe.period)
 
 
-def _map(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _maps(value: object) -> list[Mapping[str, Any]]:
-    if not isinstance(value, list | tuple):
-        return []
-    return [item for item in value if isinstance(item, Mapping)]
-
-
-def _str(value: object) -> str:
-    return value if isinstance(value, str) else ""
-
-
-def _text(value: object) -> str:
-    """A message from the API, without the trailing period: ours are appended after it."""
-    return _str(value).strip().rstrip(".").rstrip()
-
-
-def _int(value: object) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _time(value: object) -> datetime | None:
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value else None
-
-
-def _duration(delta: timedelta | None) -> str:
-    """`3m12s`, `45s`, `1h5m`: compact, whole seconds, never negative."""
-    seconds = max(0, int(delta.total_seconds())) if delta is not None else 0
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
-    if minutes:
-        return f"{minutes}m{secs}s" if secs else f"{minutes}m"
-    return f"{secs}s"
-
-
-@dataclass(frozen=True)
-class _Termination:
-    exit_code: int | None
-    reason: str
-    message: str
-    signal: int | None
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @staticmethod
-    def parse(state: Mapping[str, Any]) -> _Termination | None:
-        raw = state.get("terminated")
-        if not isinstance(raw, Mapping):
-            return None
-        return _Termination(
-            exit_code=_int(raw.get("exitCode")),
-            reason=_str(raw.get("reason")),
-            message=_text(raw.get("message")),
-            signal=_int(raw.get("signal")),
-            started_at=_time(raw.get("startedAt")),
-            finished_at=_time(raw.get("finishedAt")),
-        )
-
-    def describe(self) -> str:
-        """`exit code 1 (Error)`."""
-        parts = []
-        if self.exit_code is not None:
-            parts.append(f"exit code {self.exit_code}")
-        if self.signal is not None:
-            parts.append(f"signal {self.signal}")
-        text = ", ".join(parts) or "unknown exit code"
-        return f"{text} ({self.reason})" if self.reason else text
-
-    @property
-    def failed(self) -> bool:
-        return self.exit_code != 0 or self.reason not in ("", "Completed")
-
-
-@dataclass(frozen=True)
-class _Container:
-    name: str
-    image: str
-    init: bool
-    sidecar: bool  # an init container with restartPolicy Always runs beside the server
-    memory_limit: str
-    restart_count: int
-    ready: bool
-    waiting_reason: str
-    waiting_message: str
-    running_since: datetime | None
-    terminated: _Termination | None
-    last_terminated: _Termination | None
-
-    @property
-    def kind(self) -> str:
-        return "init container" if self.init else "container"
-
-    @property
-    def field_path(self) -> str:
-        return f"spec.{'initContainers' if self.init else 'containers'}{{{self.name}}}"
-
-    @property
-    def is_lora_downloader(self) -> bool:
-        return self.init and "lora" in self.name.lower()
-
-    @property
-    def oom_killed(self) -> bool:
-        return any(t is not None and t.reason == "OOMKilled" for t in self._terminations)
-
-    @property
-    def latest_termination(self) -> _Termination | None:
-        return self.terminated or self.last_terminated
-
-    @property
-    def _terminations(self) -> tuple[_Termination | None, _Termination | None]:
-        return (self.terminated, self.last_terminated)
-
-
-def _containers(pod: Mapping[str, Any], *, init: bool) -> list[_Container]:
-    spec_key, status_key = (
-        ("initContainers", "initContainerStatuses") if init else ("containers", "containerStatuses")
-    )
-    specs = {_str(c.get("name")): c for c in _maps(_map(pod.get("spec")).get(spec_key))}
-    statuses = {_str(s.get("name")): s for s in _maps(_map(pod.get("status")).get(status_key))}
-    names = list(specs) + [name for name in statuses if name not in specs]
-    result = []
-    for name in names:
-        spec, status = specs.get(name, {}), statuses.get(name, {})
-        state, last = _map(status.get("state")), _map(status.get("lastState"))
-        waiting, running = _map(state.get("waiting")), _map(state.get("running"))
-        limits = _map(_map(spec.get("resources")).get("limits"))
-        result.append(
-            _Container(
-                name=name or "?",
-                image=_str(status.get("image")) or _str(spec.get("image")),
-                init=init,
-                sidecar=init and spec.get("restartPolicy") == "Always",
-                memory_limit=_str(limits.get("memory")),
-                restart_count=_int(status.get("restartCount")) or 0,
-                ready=status.get("ready") is True,
-                waiting_reason=_str(waiting.get("reason")),
-                waiting_message=_text(waiting.get("message")),
-                running_since=_time(running.get("startedAt")) if "running" in state else None,
-                terminated=_Termination.parse(state),
-                last_terminated=_Termination.parse(last),
-            )
-        )
-    return result
-
-
-@dataclass(frozen=True)
-class _Event:
-    reason: str
-    message: str
-    type: str
-    field_path: str
-    first: datetime | None
-    last: datetime | None
-
-
-def _events(
-    raw: Sequence[Mapping[str, Any]], pod_uid: str, created: datetime | None
-) -> list[_Event]:
-    result = []
-    for item in raw or ():
-        event = _map(item)
-        involved = _map(event.get("involvedObject") or event.get("regarding"))
-        uid = _str(involved.get("uid"))
-        if uid and pod_uid and uid != pod_uid:
-            continue  # an older pod of the same name
-        series = _map(event.get("series"))
-        first = _time(event.get("firstTimestamp")) or _time(event.get("eventTime"))
-        last = (
-            _time(event.get("lastTimestamp"))
-            or _time(series.get("lastObservedTime"))
-            or _time(event.get("deprecatedLastTimestamp"))
-            or first
-            or _time(_map(event.get("metadata")).get("creationTimestamp"))
-        )
-        if created and last and last < created:
-            continue
-        result.append(
-            _Event(
-                reason=_str(event.get("reason")),
-                message=_text(event.get("message")) or _text(event.get("note")),
-                type=_str(event.get("type")),
-                field_path=_str(involved.get("fieldPath")),
-                first=first or last,
-                last=last,
-            )
-        )
-    # oldest first; events without any time sort first, so they never hide a dated one
-    epoch = datetime.min.replace(tzinfo=UTC)
-    return sorted(result, key=lambda e: e.last or epoch)
-
-
-@dataclass(frozen=True)
-class _Pod:
-    """The facts `classify` needs, read once from the pod dict."""
-
-    name: str
-    namespace: str
-    uid: str
-    node: str
-    pod_ip: str
-    phase: str
-    status_reason: str
-    status_message: str
-    nominated_node: str
-    created: datetime | None
-    deleting: datetime | None
-    conditions: Mapping[str, Mapping[str, Any]]
-    scheduling_gates: list[str]
-    init_containers: list[_Container]
-    containers: list[_Container]
-    events: list[_Event]
-    now: datetime
-
-    @staticmethod
-    def parse(pod: Mapping[str, Any], events: Sequence[Mapping[str, Any]], now: datetime) -> _Pod:
-        meta, spec, status = (
-            _map(pod.get("metadata")),
-            _map(pod.get("spec")),
-            _map(pod.get("status")),
-        )
-        created = _time(meta.get("creationTimestamp"))
-        uid = _str(meta.get("uid"))
-        return _Pod(
-            name=_str(meta.get("name")),
-            namespace=_str(meta.get("namespace")),
-            uid=uid,
-            node=_str(spec.get("nodeName")),
-            pod_ip=_str(status.get("podIP")),
-            phase=_str(status.get("phase")),
-            status_reason=_str(status.get("reason")),
-            status_message=_text(status.get("message")),
-            nominated_node=_str(status.get("nominatedNodeName")),
-            created=created,
-            deleting=_time(meta.get("deletionTimestamp")),
-            conditions={_str(c.get("type")): c for c in _maps(status.get("conditions"))},
-            scheduling_gates=[
-                _str(g.get("name")) for g in _maps(spec.get("schedulingGates")) if g.get("name")
-            ],
-            init_containers=_containers(pod, init=True),
-            containers=_containers(pod, init=False),
-            events=_events(events, uid, created),
-            now=now if now.tzinfo else now.replace(tzinfo=UTC),
-        )
-
-    def condition(self, kind: str) -> tuple[str, str, str, datetime | None]:
-        """(status, reason, message, lastTransitionTime) of a condition; status "" if absent."""
-        cond = self.conditions.get(kind, {})
-        return (
-            _str(cond.get("status")),
-            _str(cond.get("reason")),
-            _text(cond.get("message")),
-            _time(cond.get("lastTransitionTime")),
-        )
-
-    def since(self, start: datetime | None) -> timedelta | None:
-        return self.now - start if start else None
-
-    @property
-    def scheduled_at(self) -> datetime | None:
-        status, _, _, at = self.condition("PodScheduled")
-        return at if status == "True" else None
-
-    @property
-    def ready_at(self) -> datetime | None:
-        status, _, _, at = self.condition("Ready")
-        return at if status == "True" else None
-
-    @property
-    def main(self) -> _Container | None:
-        """The NIM server: the first regular container (the renderer puts it first)."""
-        return self.containers[0] if self.containers else None
-
-    def last_event(self, *reasons: str, container: _Container | None = None) -> _Event | None:
-        for event in reversed(self.events):
-            if event.reason in reasons and (
-                container is None or event.field_path in ("", container.field_path)
-            ):
-                return event
-        return None
-
-    def first_event(self, *reasons: str, container: _Container | None = None) -> _Event | None:
-        for event in self.events:
-            if event.reason in reasons and (
-                container is None or event.field_path in ("", container.field_path)
-            ):
-                return event
-        return None
-
-    def last_warning(self, after: datetime | None) -> _Event | None:
-        """The latest kubelet-side warning since `after` (the scheduler's are history by then)."""
-        for event in reversed(self.events):
-            if event.type != "Warning" or event.reason == "FailedScheduling":
-                continue
-            if after is None or event.last is None or event.last >= after:
-                return event
-        return None
-
-    def failing_since(self, container: _Container) -> datetime | None:
-        """When kubelet first reported a failure for the container, else when it was scheduled."""
-        event = self.first_event("Failed", container=container)
-        return (event.first if event else None) or self.scheduled_at or self.created
-
-
-def _custom_info(pod: _Pod) -> dict[str, Any]:
-    main = pod.main
-    created, scheduled, ready = pod.created, pod.scheduled_at, pod.ready_at
-    init_status, _, _, init_at = pod.condition("Initialized")
-    info: dict[str, Any] = {
-        "pod": pod.name,
-        "namespace": pod.namespace,
-        "node": pod.node,
-        "pod_ip": pod.pod_ip,
-        "pod_phase": pod.phase,
-        "created_at": _iso(created),
-        "scheduled_at": _iso(scheduled),
-        "initialized_at": _iso(init_at) if init_status == "True" else None,
-        "started_at": _iso(main.running_since) if main else None,
-        "ready_at": _iso(ready),
-        "time_to_schedule_s": _seconds(created, scheduled),
-        "time_to_ready_s": _seconds(created, ready),
-        "restarts": {c.name: c.restart_count for c in pod.init_containers + pod.containers},
-    }
-    return {key: value for key, value in info.items() if value not in (None, "", {})}
-
-
-def _seconds(start: datetime | None, end: datetime | None) -> float | None:
-    return round((end - start).total_seconds(), 3) if start and end else None
+def _ago(delta: timedelta | None) -> str:
+    """How long, as progress messages say it: `3m12s`, `1h5m`."""
+    return format_duration(delta, exact=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,7 +225,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 @dataclass(frozen=True)
 class _Context:
-    pod: _Pod
+    pod: PodFacts
     policy: StatusPolicy
     endpoint: str
     log_tail: str | None
@@ -678,7 +356,7 @@ def _pod_failed(ctx: _Context) -> _Verdict | None:
 def _pod_succeeded(ctx: _Context) -> _Verdict | None:
     if ctx.pod.phase != "Succeeded":
         return None
-    main = ctx.pod.main
+    main = ctx.pod.nim
     name = main.name if main else "the server container"
     return _Verdict(
         Phase.FAILED,
@@ -717,7 +395,7 @@ def _ready(ctx: _Context) -> _Verdict | None:
     pod = ctx.pod
     if pod.condition("Ready")[0] != "True":
         return None
-    took = f" after {_duration(pod.ready_at - pod.created)}" if pod.ready_at and pod.created else ""
+    took = f" after {_ago(pod.ready_at - pod.created)}" if pod.ready_at and pod.created else ""
     restarts = sum(c.restart_count for c in pod.containers)
     note = f" ({restarts} container restart{'s' if restarts != 1 else ''})" if restarts else ""
     return _Verdict(
@@ -738,7 +416,7 @@ def _unscheduled(ctx: _Context) -> _Verdict | None:
         return _Verdict(
             Phase.WAITING_FOR_RESOURCES,
             Reason.SCHEDULING_GATED,
-            f"Waiting in a queue, {_duration(waited)}: held by {gates}.",
+            f"Waiting in a queue, {_ago(waited)}: held by {gates}.",
         )
     timeout = ctx.policy.unschedulable_timeout
     if status == "False":
@@ -750,26 +428,26 @@ def _unscheduled(ctx: _Context) -> _Verdict | None:
             return _Verdict(
                 Phase.FAILED,
                 Reason.UNSCHEDULABLE,
-                f"No node could take the NIM pod within {_duration(timeout)} "
-                f"(waited {_duration(waited)}): {why}. Lower gpu/mem/cpu or check the node "
+                f"No node could take the NIM pod within {_ago(timeout)} "
+                f"(waited {_ago(waited)}): {why}. Lower gpu/mem/cpu or check the node "
                 "selector, tolerations and affinity.",
             )
         return _Verdict(
             Phase.WAITING_FOR_RESOURCES,
             Reason.UNSCHEDULABLE,
-            f"Waiting for a node, {_duration(waited)} (gives up after {_duration(timeout)}): {why}",
+            f"Waiting for a node, {_ago(waited)} (gives up after {_ago(timeout)}): {why}",
         )
     if waited is not None and waited >= timeout:
         return _Verdict(
             Phase.FAILED,
             Reason.UNSCHEDULABLE,
-            f"No scheduler placed the NIM pod within {_duration(timeout)}: check that the "
+            f"No scheduler placed the NIM pod within {_ago(timeout)}: check that the "
             "scheduler named in spec.schedulerName is running.",
         )
-    return _Verdict(Phase.QUEUED, Reason.QUEUED, f"Waiting for the scheduler, {_duration(waited)}.")
+    return _Verdict(Phase.QUEUED, Reason.QUEUED, f"Waiting for the scheduler, {_ago(waited)}.")
 
 
-def _oom(ctx: _Context, container: _Container) -> _Verdict:
+def _oom(ctx: _Context, container: ContainerFacts) -> _Verdict:
     limit = f" of {container.memory_limit}" if container.memory_limit else ""
     knob = "lora_adapter_mem" if container.is_lora_downloader else "mem"
     reason = Reason.INIT_CONTAINER_FAILED if container.init else Reason.OOM_KILLED
@@ -845,7 +523,7 @@ def _init_containers(ctx: _Context) -> _Verdict | None:
                 f"{ctx.policy.crashloop_restart_threshold}).",
             )
         if container.running_since:
-            ran = _duration(pod.since(container.running_since))
+            ran = _ago(pod.since(container.running_since))
             if container.is_lora_downloader:
                 text = (
                     f"Downloading LoRA adapters (init container {container.name} running, {ran})."
@@ -878,14 +556,19 @@ _PULL_PERMANENT_WAITING = frozenset({"InvalidImageName", "ErrImageNeverPull"})
 _CREATE_WAITING = frozenset({"CreateContainerError", "RunContainerError"})
 
 
-def _waiting_problem(ctx: _Context, container: _Container) -> _Verdict | None:
+# The kubelet's words for a Secret it cannot read (secretKeyRef, envFrom): `secret "x" not found`
+# (the API's NotFound), `couldn't find key k in Secret ns/x`, `couldn't get secret ns/x`.
+_SECRET_PROBLEM = re.compile(r'secret "[^"]*" not found|in secret \S|get secret \S', re.IGNORECASE)
+
+
+def _waiting_problem(ctx: _Context, container: ContainerFacts) -> _Verdict | None:
     """Image pull, config and create errors of a waiting container (init or regular)."""
     pod, waiting = ctx.pod, container.waiting_reason
     if waiting in _PULL_WAITING or waiting in _PULL_PERMANENT_WAITING:
         return _pull_error(ctx, container)
     if waiting == "CreateContainerConfigError":
         text = container.waiting_message or "no message"
-        if "secret" in text.lower():
+        if _SECRET_PROBLEM.search(text):
             return _Verdict(
                 Phase.FAILED,
                 Reason.MISSING_SECRET,
@@ -907,18 +590,18 @@ def _waiting_problem(ctx: _Context, container: _Container) -> _Verdict | None:
                 Phase.FAILED,
                 Reason.CONTAINER_CREATE_ERROR,
                 f"The runtime could not start {container.kind} {container.name} for "
-                f"{_duration(failing)} ({waiting}): {text}.",
+                f"{_ago(failing)} ({waiting}): {text}.",
             )
         return _Verdict(
             Phase.INITIALIZING,
             Reason.CONTAINER_CREATE_ERROR,
             f"Starting {container.kind} {container.name} failed ({waiting}), kubelet retries "
-            f"(FAILED after {_duration(grace)}): {text}.",
+            f"(FAILED after {_ago(grace)}): {text}.",
         )
     return None
 
 
-def _pull_error(ctx: _Context, container: _Container) -> _Verdict:
+def _pull_error(ctx: _Context, container: ContainerFacts) -> _Verdict:
     pod, waiting = ctx.pod, container.waiting_reason
     failed = pod.last_event("Failed", container=container)
     # ImagePullBackOff says only "Back-off pulling image"; the registry's answer is in ErrImagePull
@@ -944,11 +627,11 @@ def _pull_error(ctx: _Context, container: _Container) -> _Verdict:
     return _Verdict(
         Phase.INITIALIZING,
         Reason.IMAGE_PULL_ERROR,
-        f"{text} Retrying, {_duration(failing)} (FAILED after {_duration(grace)}).",
+        f"{text} Retrying, {_ago(failing)} (FAILED after {_ago(grace)}).",
     )
 
 
-def _startup_probe_kill(pod: _Pod, container: _Container) -> _Event | None:
+def _startup_probe_kill(pod: PodFacts, container: ContainerFacts) -> EventFacts | None:
     killing = pod.last_event("Killing", container=container)
     if killing and "startup probe" in killing.message.lower():
         return killing
@@ -1008,8 +691,8 @@ def _containers_failing(ctx: _Context) -> _Verdict | None:
     return _container_failure(ctx, final=False)
 
 
-def _main_running(ctx: _Context) -> _Verdict | None:
-    pod, main = ctx.pod, ctx.pod.main
+def _nim_running(ctx: _Context) -> _Verdict | None:
+    pod, main = ctx.pod, ctx.pod.nim
     if main is None:
         return None
     last = main.latest_termination
@@ -1033,7 +716,7 @@ def _main_running(ctx: _Context) -> _Verdict | None:
             Reason.STARTUP_TIMEOUT,
             _with_log(
                 f"Startup window exceeded: the NIM server (container {main.name}) has run for "
-                f"{_duration(running)} without becoming ready (window {_duration(timeout)}"
+                f"{_ago(running)} without becoming ready (window {_ago(timeout)}"
                 f"{detail}). Raise startup_failure_threshold if the model needs longer to load.",
                 ctx,
             ),
@@ -1047,11 +730,11 @@ def _main_running(ctx: _Context) -> _Verdict | None:
     return _Verdict(
         Phase.RUNNING,
         Reason.LOADING_MODEL,
-        f"Loading model, {_duration(running)} (startup window {_duration(timeout)}{note}).",
+        f"Loading model, {_ago(running)} (startup window {_ago(timeout)}{note}).",
     )
 
 
-def _creating(ctx: _Context, container: _Container) -> _Verdict:
+def _creating(ctx: _Context, container: ContainerFacts) -> _Verdict:
     """A scheduled container that has not started: pulling its image, or being created."""
     pod = ctx.pod
     pulling = pod.last_event("Pulling", container=container)
@@ -1059,7 +742,7 @@ def _creating(ctx: _Context, container: _Container) -> _Verdict:
     warning = pod.last_warning(after=pod.scheduled_at)
     note = f"; last warning: {warning.reason}: {warning.message}" if warning else ""
     if pulling and (pulled is None or (pulled.last or pod.now) < (pulling.last or pod.now)):
-        took = _duration(pod.since(pulling.first))
+        took = _ago(pod.since(pulling.first))
         return _Verdict(
             Phase.INITIALIZING,
             Reason.PULLING_IMAGE,
@@ -1072,13 +755,13 @@ def _creating(ctx: _Context, container: _Container) -> _Verdict:
     return _Verdict(
         Phase.INITIALIZING,
         Reason.CONTAINER_CREATING,
-        f"Creating {container.kind} {container.name}{where}{waiting}, {_duration(since)} since "
+        f"Creating {container.kind} {container.name}{where}{waiting}, {_ago(since)} since "
         f"scheduling{note}.",
     )
 
 
-def _main_creating(ctx: _Context) -> _Verdict | None:
-    main = ctx.pod.main
+def _nim_creating(ctx: _Context) -> _Verdict | None:
+    main = ctx.pod.nim
     if main is None or not ctx.pod.node:
         return None
     return _creating(ctx, main)
@@ -1115,8 +798,8 @@ _RULES: tuple[_Rule, ...] = (
     _unscheduled,
     _init_containers,
     _containers_failing,
-    _main_running,
-    _main_creating,
+    _nim_running,
+    _nim_creating,
 )
 
 
@@ -1154,7 +837,7 @@ def classify(
             "with its namespace, or by a node drain); Flyte may retry with a new pod.",
             Reason.POD_DELETED,
         )
-    facts = _Pod.parse(_map(pod), events, now)
+    facts = read_pod(pod, events, now)
     ctx = _Context(facts, policy, endpoint, log_tail, deletion_cause)
     verdict = next((v for rule in _RULES if (v := rule(ctx)) is not None), None) or _fallback(ctx)
     return Classification(
@@ -1162,6 +845,6 @@ def classify(
         message=verdict.message,
         reason=verdict.reason,
         outputs={"endpoint": endpoint} if verdict.phase is Phase.SUCCEEDED else None,
-        custom_info=_custom_info(facts),
+        custom_info=custom_info(facts),
         log_request=verdict.log_request,
     )

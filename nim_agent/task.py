@@ -1,29 +1,14 @@
-"""NIMTask: a Flyte task of type "nim" that stands up a NIM server and returns its URL.
+"""The user's task types, as flytekit classes: NIMTask ("nim") and NIMTeardownTask ("nim-teardown").
 
-The task only describes the deployment: its `TaskTemplate.custom` holds the `NIMTaskConfig`
-proto in JSON form (see `nim_agent.spec`). The connector, server side, reads it back and does
-the work. Locally, `pyflyte run` calls the same connector in-process (flytekit's
-AsyncConnectorExecutorMixin finds it in the ConnectorRegistry by task type).
+They only describe the work: a NIMTask's `TaskTemplate.custom` is the `NIMTaskConfig` proto in
+JSON form (`nim_agent.spec`); the connector (`nim_agent.connector`), server side, reads it back
+and does the work. Locally, `pyflyte run` calls the same connector in-process: `execute`
+imports it, which registers it with flytekit, and flytekit's connector executor mixins find it
+by task type.
 """
 
 from __future__ import annotations
 
-# Before any flytekit import: importing flytekit loads its plugin entry points, among them
-# nim_agent.connector, which may import these names from this module while it is still loading.
-from nim_agent.spec import (
-    DEFAULT_TTL,
-    SCHEMA_VERSION,
-    TASK_TYPE,
-    TEARDOWN_TASK_TYPE,
-    NIMTaskSpec,
-    check_ttl,
-    from_custom,
-    from_proto,
-    to_custom,
-    to_proto,
-)
-
-# isort: split
 from datetime import timedelta
 from typing import Any
 
@@ -35,21 +20,11 @@ from flytekit.extend.backend.base_connector import (
     SyncConnectorExecutorMixin,
 )
 
-from nim_agent.config import NIM, ConfigError, Problem
+from nim_agent.checks import ConfigError, Problem
+from nim_agent.config import NIM
+from nim_agent.spec import DEFAULT_TTL, TASK_TYPE, TEARDOWN_TASK_TYPE, check_ttl, to_custom
 
-__all__ = [
-    "DEFAULT_TTL",
-    "SCHEMA_VERSION",
-    "TASK_TYPE",
-    "TEARDOWN_TASK_TYPE",
-    "NIMTask",
-    "NIMTaskSpec",
-    "NIMTeardownTask",
-    "from_custom",
-    "from_proto",
-    "to_custom",
-    "to_proto",
-]
+__all__ = ["NIMTask", "NIMTeardownTask"]
 
 
 class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]

@@ -59,7 +59,7 @@ class PodCache:
 
     Example::
 
-        cache = PodCache(Kube.for_current_loop, label_selector=OWNED_BY_US)
+        cache = PodCache(kube_for_current_loop, label_selector=OWNED_BY_US)
         cache.start()
         found, pod = cache.lookup("flytesnacks-development", "nim-llama3-8b-3f9a1c2e")
     """

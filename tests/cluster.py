@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client, config
 
+from nim_agent.contract import LABEL_SIMULATE, OWNED_BY_US
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEVCLUSTER = Path(os.environ.get("DEVCLUSTER_DIR", REPO_ROOT / ".devcluster"))
 KUBECONFIG = DEVCLUSTER / "kubeconfig"
@@ -33,7 +35,7 @@ CLUSTER_SCRIPT = REPO_ROOT / "devcluster" / "cluster.sh"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 POOL_LABEL = "nim-agent.dev/pool"
-SIMULATE_LABEL = "nim-agent.dev/simulate"
+SIMULATE_LABEL = LABEL_SIMULATE
 
 # Starting from nothing may include a cold build of Kubernetes (30-50 minutes on 2 cores).
 START_TIMEOUT_S = float(os.environ.get("DEVCLUSTER_START_TIMEOUT", 90 * 60))
@@ -176,3 +178,95 @@ def describe_namespace(api: client.ApiClient, namespace: str) -> str:
     except Exception as e:  # a dump must never hide the test's own failure
         parts.append(f"(could not describe the cluster: {e!r})")
     return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- what tests deploy
+
+
+NIM_IMAGE = "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0"
+NGC_SECRET = "ngc-api-key"
+RESTRICTED_CONTAINER_SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+def nim_like_pod(
+    name: str,
+    *,
+    simulate: str | None = None,
+    gpu: int = 1,
+    init_container: bool = True,
+    annotations: dict[str, str] | None = None,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A pod shaped like a NIM deployment, made by hand (not by nim-agent): LoRA init container,
+    GPU, NGC key from a Secret, Pod Security "restricted"."""
+    labels = {"app.kubernetes.io/name": "nim", **(labels or {})}
+    if simulate is not None:
+        labels[SIMULATE_LABEL] = simulate
+    resources = {"cpu": "1", "memory": "20Gi"}
+    if gpu:
+        resources[GPU_RESOURCE] = str(gpu)
+    spec: dict[str, Any] = {
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": "nim",
+                "image": NIM_IMAGE,
+                "ports": [{"containerPort": 8000, "name": "http"}],
+                "env": [
+                    {
+                        "name": "NGC_API_KEY",
+                        "valueFrom": {"secretKeyRef": {"name": NGC_SECRET, "key": "api_key"}},
+                    }
+                ],
+                "resources": {"requests": resources, "limits": resources},
+                "startupProbe": {
+                    "httpGet": {"path": "/v1/health/ready", "port": 8000},
+                    "failureThreshold": 100,
+                },
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            }
+        ],
+        "tolerations": [GPU_TOLERATION] if gpu else [],
+    }
+    if init_container:
+        spec["initContainers"] = [
+            {
+                "name": "lora-downloader",
+                "image": "busybox:1.36",
+                "command": ["true"],
+                "securityContext": RESTRICTED_CONTAINER_SECURITY,
+            }
+        ]
+    return {
+        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
+        "spec": spec,
+    }
+
+
+def our_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    """The pods nim-agent made in ``namespace``."""
+    return list(core_v1.list_namespaced_pod(namespace, label_selector=OWNED_BY_US).items)
+
+
+def our_services(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Service]:
+    """The Services nim-agent made in ``namespace``."""
+    return list(core_v1.list_namespaced_service(namespace, label_selector=OWNED_BY_US).items)
+
+
+def names(objects: Any) -> list[str]:
+    """The sorted names of client objects."""
+    return sorted(o.metadata.name for o in objects)
+
+
+def leftovers(core_v1: client.CoreV1Api, namespace: str) -> list[str]:
+    """``pod ns/name`` and ``service ns/name`` for every object of ours in ``namespace``."""
+    return [f"pod {namespace}/{n}" for n in names(our_pods(core_v1, namespace))] + [
+        f"service {namespace}/{n}" for n in names(our_services(core_v1, namespace))
+    ]

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import signal
@@ -21,11 +22,12 @@ import socket
 import subprocess
 import time
 import urllib.request
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from flyteidl.admin import agent_pb2
@@ -52,7 +54,28 @@ def free_port() -> int:
         return port
 
 
-class ConnectorServer:
+class Process:
+    """A helper process for tests: ``with`` starts it and stops it whatever happens."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class ConnectorServer(Process):
     """A connector gRPC server subprocess (ports chosen free), stopped on exit."""
 
     def __init__(
@@ -97,7 +120,7 @@ class ConnectorServer:
             str(self.metrics_port),
         ]
 
-    def start(self, timeout: float = 60.0) -> ConnectorServer:
+    def start(self, timeout: float = 60.0) -> Self:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("NIM_AGENT_")},
             "KUBECONFIG": str(self.kubeconfig),
@@ -175,16 +198,30 @@ class ConnectorServer:
         if log is not None:
             log.close()
 
-    def __enter__(self) -> ConnectorServer:
-        return self.start()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+class Connectors:
+    """Connector servers started by tests against one control plane, each logging to its own
+    file in ``logs``; ``stop_all`` stops those still running (the fixtures call it)."""
+
+    _count = itertools.count()
+
+    def __init__(self, kubeconfig: Path, logs: Path) -> None:
+        self.kubeconfig, self.logs = kubeconfig, logs
+        self.started: list[ConnectorServer] = []
+
+    def start(
+        self, settings: Mapping[str, str] | None = None, *, command: str = "pyflyte"
+    ) -> ConnectorServer:
+        """A started server with these ``NIM_AGENT_*`` settings (``command``: pyflyte serve
+        connector, or nim-agent serve)."""
+        log = self.logs / f"{command}-{next(self._count)}.log"
+        server = ConnectorServer(self.kubeconfig, settings=settings, command=command, log_path=log)
+        self.started.append(server)
+        return server.start()
+
+    def stop_all(self) -> None:
+        for server in self.started:
+            server.stop()
 
 
 # -- requests, as flytepropeller builds them ---------------------------------------------
@@ -270,6 +307,11 @@ def poll(
                 f"{seen}; last message: {resource.message!r}"
             )
         time.sleep(interval)
+
+
+def exec_name() -> str:
+    """A fresh Flyte execution name."""
+    return f"e{uuid.uuid4().hex[:10]}"
 
 
 def output_string(resource: Any, name: str = "endpoint") -> str:

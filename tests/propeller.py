@@ -21,10 +21,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
-from tests.connector_server import free_port
+from tests.connector_server import Process, free_port
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROPELLER_DIR = REPO_ROOT / "devcluster" / "propeller"
@@ -51,7 +50,7 @@ def other_propellers(binary: Path) -> list[str]:
     return found
 
 
-class Propeller:
+class Propeller(Process):
     """One flytepropeller process (devcluster/propeller/run.sh), stopped on exit."""
 
     def __init__(
@@ -96,7 +95,7 @@ class Propeller:
             return []
         return [line for line in text.splitlines() if f'name:"{execution_id}"' in line]
 
-    def start(self) -> Propeller:
+    def start(self) -> Self:
         others = other_propellers(self.binary)
         if others:
             raise AssertionError(
@@ -166,14 +165,3 @@ class Propeller:
         result = self.flyte_run(*args)
         assert result.returncode == 0, result.stdout + result.stderr
         return json.loads(result.stdout)
-
-    def __enter__(self) -> Propeller:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -1,4 +1,5 @@
-"""Fixtures for the end-to-end suites: the tools they drive (helm, uv), found or failed loudly.
+"""Fixtures of the end-to-end suite: the tools it drives (helm, uv, flytepropeller), found or
+failed loudly. (The cluster, namespace and connector fixtures are tests/conftest.py's.)
 
 A missing tool fails the tests that need it, with what to run to get it; it never skips them.
 """
@@ -12,17 +13,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-# The local control plane fixtures (kubeconfig_path, api_client, core_v1, a fresh `namespace`
-# per test, and the hook that lets `namespace` describe the cluster when a test failed) are the
-# integration suite's.
-from tests.integration.conftest import (  # noqa: F401
-    api_client,
-    core_v1,
-    kubeconfig_path,
-    namespace,
-    pytest_runtest_makereport,
-)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,18 +41,21 @@ def helm_candidates() -> list[Path]:
     return found
 
 
-@pytest.fixture(scope="session")
-def helm() -> Path:
-    """The helm binary the local control plane is built with (devcluster/build.sh)."""
-    candidates = helm_candidates()
+def first_executable(name: str, candidates: list[Path], how_to_get_it: str) -> Path:
+    """The first of ``candidates`` that is an executable file; else the test fails saying where
+    it looked and how to get one."""
     for path in candidates:
         if path.is_file() and os.access(path, os.X_OK):
             return path
-    pytest.fail(
-        "helm not found (looked at: "
-        + ", ".join(str(p) for p in candidates)
-        + "); build it with `make cluster-build` (devcluster/build.sh)",
-        pytrace=False,
+    looked = ", ".join(str(p) for p in candidates)
+    pytest.fail(f"{name} not found (looked at: {looked}); {how_to_get_it}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def helm() -> Path:
+    """The helm binary the local control plane is built with (devcluster/build.sh)."""
+    return first_executable(
+        "helm", helm_candidates(), "build it with `make cluster-build` (devcluster/build.sh)"
     )
 
 
@@ -90,12 +83,4 @@ def flytepropeller() -> Path:
         timeout=30,
     ).stdout.strip()
     candidates.append(Path(bin_dir) / "flytepropeller")
-    for path in candidates:
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-    pytest.fail(
-        "flytepropeller not found (looked at: "
-        + ", ".join(str(p) for p in candidates)
-        + "); build it with `make propeller-build`",
-        pytrace=False,
-    )
+    return first_executable("flytepropeller", candidates, "build it with `make propeller-build`")

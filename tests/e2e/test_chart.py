@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from nim_agent.cli import build_parser
-from nim_agent.render import LABEL_MANAGED_BY, MANAGED_BY
-from nim_agent.settings import ConnectorSettings, parse_duration
+from nim_agent.contract import LABEL_MANAGED_BY, MANAGED_BY, parse_duration
+from nim_agent.settings import ConnectorSettings
 from nim_agent.status import Reason
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

@@ -7,10 +7,7 @@ simulated by kwok (`nim-agent.dev/simulate`, see devcluster/kwok): no GPU, no NI
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -18,12 +15,15 @@ import pytest
 from flyteidl.core import execution_pb2
 from kubernetes import client
 
-from nim_agent import NIM, NIMSecrets, NIMTask
-from tests.cluster import wait_for
+from nim_agent import NIMTask
+from tests.cluster import our_pods, our_services, wait_for
+from tests.configs import simulated_nim
 from tests.connector_server import (
+    Connectors,
     ConnectorServer,
     create_request,
     delete_request,
+    exec_name,
     execution,
     get_request,
     output_string,
@@ -39,42 +39,14 @@ SERVER_SETTINGS = {
 }
 
 
-def nim(mode: str = "ready", **overrides: Any) -> NIM:
-    fields: dict[str, Any] = {
-        "secrets": NIMSecrets(
-            ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
-        ),
-        "cpu": 1,
-        "gpu": 1,
-        "mem": "2Gi",
-        "shm_size": "1Gi",
-        "labels": {"nim-agent.dev/simulate": mode},
-    }
-    fields.update(overrides)
-    return NIM(**fields)
-
-
 def template(mode: str = "ready", ttl: timedelta = timedelta(hours=1), **overrides: Any) -> Any:
-    return task_template(NIMTask(name=f"e2e.{mode}", nim=nim(mode, **overrides), ttl=ttl))
+    nim = simulated_nim(mode, **overrides)
+    return task_template(NIMTask(name=f"e2e.{mode}", nim=nim, ttl=ttl))
 
 
 @pytest.fixture(scope="module")
-def server(
-    kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ConnectorServer]:
-    log = tmp_path_factory.mktemp("connector") / "connector.log"
-    with ConnectorServer(kubeconfig_path, settings=SERVER_SETTINGS, log_path=log) as s:
-        yield s
-
-
-def our_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
-    return core_v1.list_namespaced_pod(
-        namespace, label_selector="app.kubernetes.io/managed-by=nim-agent"
-    ).items
-
-
-def exec_name() -> str:
-    return f"e{uuid.uuid4().hex[:10]}"
+def server(module_connectors: Connectors) -> ConnectorServer:
+    return module_connectors.start(SERVER_SETTINGS)
 
 
 def test_create_get_delete_runs_a_nim_to_its_endpoint_and_removes_it(
@@ -221,20 +193,17 @@ def test_ttl_expiry_removes_the_deployment(
 
 
 def test_a_restarted_connector_answers_for_a_deployment_it_did_not_create(
-    kubeconfig_path: Path, namespace: str, tmp_path: Path
+    connectors: Connectors, namespace: str
 ) -> None:
-    first = ConnectorServer(kubeconfig_path, settings=SERVER_SETTINGS, log_path=tmp_path / "1.log")
-    with first:
-        meta = first.stub.CreateTask(
-            create_request(template(), execution(exec_name()), namespace), timeout=10
-        ).resource_meta
-        first.kill()
-    with ConnectorServer(
-        kubeconfig_path, settings=SERVER_SETTINGS, log_path=tmp_path / "2.log"
-    ) as second:
-        resource, phases = poll(second, meta)
-        assert resource.phase == TE.SUCCEEDED, (phases, resource.message)
-        assert output_string(resource).startswith("http://nim-")
+    first = connectors.start(SERVER_SETTINGS)
+    meta = first.stub.CreateTask(
+        create_request(template(), execution(exec_name()), namespace), timeout=10
+    ).resource_meta
+    first.kill()
+    second = connectors.start(SERVER_SETTINGS)
+    resource, phases = poll(second, meta)
+    assert resource.phase == TE.SUCCEEDED, (phases, resource.message)
+    assert output_string(resource).startswith("http://nim-")
 
 
 def test_an_invalid_config_fails_the_task_naming_the_field(
@@ -263,12 +232,22 @@ def test_garbage_resource_meta_is_answered_without_internal_errors(
     server.stub.DeleteTask(delete_request(garbage), timeout=10)  # no error: nothing to delete
 
 
-def test_delete_twice_is_fine(server: ConnectorServer, namespace: str) -> None:
+def test_delete_twice_is_fine(
+    server: ConnectorServer, core_v1: client.CoreV1Api, namespace: str
+) -> None:
     meta = server.stub.CreateTask(
         create_request(template(), execution(exec_name()), namespace), timeout=10
     ).resource_meta
+    assert len(our_pods(core_v1, namespace)) == 1
+
     server.stub.DeleteTask(delete_request(meta), timeout=10)
-    server.stub.DeleteTask(delete_request(meta), timeout=10)
+    server.stub.DeleteTask(delete_request(meta), timeout=10)  # the pod may be gone already
+
+    wait_for(lambda: not our_pods(core_v1, namespace), timeout=30, what="the pod to go")
+    wait_for(lambda: not our_services(core_v1, namespace), timeout=30, what="the service to go")
+    resource = server.stub.GetTask(get_request(meta), timeout=10).resource
+    assert resource.phase == TE.FAILED, resource.message  # deleted by nim-agent: not retried
+    assert "abort" in resource.message
 
 
 def test_metrics_count_what_the_tests_did(server: ConnectorServer) -> None:

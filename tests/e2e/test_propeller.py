@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from nim_agent.render import deployment_name_for, endpoint_for
-from tests.cluster import wait_for
+from nim_agent.contract import endpoint_for
+from nim_agent.render import deployment_name_for
+from tests.cluster import our_pods, our_services, wait_for
 from tests.connector_server import ConnectorServer
 from tests.propeller import Propeller
 
 WORKFLOWS = "tests.e2e.propeller_workflows"
 PROJECT, DOMAIN = "flytesnacks", "development"
-OURS = "app.kubernetes.io/managed-by=nim-agent"
 CREATE_TIMEOUT_S = 10.0  # propeller's CreateTask deadline (config.yaml, as upstream's default)
 LATENCY = "flyte_connector_request_latency_seconds"
 
@@ -148,11 +148,6 @@ def service_url(run: Run, node: str = "n0") -> tuple[str, str]:
     return name, endpoint_for(name, run.namespace, 8000)
 
 
-def our_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
-    pods: list[client.V1Pod] = core_v1.list_namespaced_pod(namespace, label_selector=OURS).items
-    return pods
-
-
 def test_workflow_output_is_the_service_url(
     flyte: Flyte, core_v1: client.CoreV1Api, namespace: str
 ) -> None:
@@ -201,10 +196,7 @@ def test_next_step_consumes_the_endpoint_and_tears_the_server_down(
     )
     # ... and the deployment behind it is gone (the Service with its pod).
     wait_for(
-        lambda: (
-            not our_pods(core_v1, namespace)
-            and not core_v1.list_namespaced_service(namespace, label_selector=OURS).items
-        ),
+        lambda: not our_pods(core_v1, namespace) and not our_services(core_v1, namespace),
         timeout=30,
         what=f"the teardown to remove pod and Service {name}",
     )

@@ -14,11 +14,10 @@ from pathlib import Path
 
 from kubernetes import client
 
-from tests.cluster import wait_for
+from tests.cluster import our_pods, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PYFLYTE = REPO_ROOT / ".venv" / "bin" / "pyflyte"
-OURS = "app.kubernetes.io/managed-by=nim-agent"
 
 
 def run_env(kubeconfig: Path, namespace: str, simulate: str) -> dict[str, str]:
@@ -52,7 +51,7 @@ def test_pyflyte_run_hands_the_endpoint_to_the_next_task_and_tears_down(
     assert "POST http://nim-llama3-8b-lora-" in output
     # The teardown task ran: nothing of ours is left.
     wait_for(
-        lambda: not core_v1.list_namespaced_pod(namespace, label_selector=OURS).items,
+        lambda: not our_pods(core_v1, namespace),
         timeout=30,
         what="the teardown to remove the pod",
     )
@@ -72,11 +71,7 @@ def test_ctrl_c_during_pyflyte_run_deletes_the_pod(
         )
         try:
             wait_for(
-                lambda: [
-                    p
-                    for p in core_v1.list_namespaced_pod(namespace, label_selector=OURS).items
-                    if p.status.phase == "Running"
-                ],
+                lambda: [p for p in our_pods(core_v1, namespace) if p.status.phase == "Running"],
                 timeout=120,
                 what="the NIM pod to run",
                 describe=lambda: log.read_text(errors="replace")[-2000:],
@@ -88,7 +83,7 @@ def test_ctrl_c_during_pyflyte_run_deletes_the_pod(
                 run.kill()
 
     wait_for(
-        lambda: not core_v1.list_namespaced_pod(namespace, label_selector=OURS).items,
+        lambda: not our_pods(core_v1, namespace),
         timeout=30,
         what="Ctrl-C to delete the pod",
         describe=lambda: log.read_text(errors="replace")[-2000:],

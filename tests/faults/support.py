@@ -1,37 +1,36 @@
 """What the fault and abuse tests share: task templates, a tracker of what they created, counts.
 
 Every deployment a test creates goes through :class:`Deployments`, which aborts them all at the
-end (as Flyte would on abort, or the ttl later): the leak audit (``conftest.py``) then expects no
-pod or Service of ours in the test's namespace, so anything a fault left behind is reported.
+end (as Flyte would on abort, or the ttl later): the leak audit (marker ``leak_audit``, see
+tests/conftest.py) then expects no pod or Service of ours in the test's namespace, so anything a
+fault left behind is reported. Every test module of the suite opts into that audit.
 """
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any
 
 import grpc
 from flyteidl.core import execution_pb2
-from kubernetes import client
 
-from nim_agent import NIM, NIMSecrets, NIMTask
+from nim_agent import NIM, NIMTask
+from tests.cluster import GPU_TOLERATION
+from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
     create_request,
     delete_request,
+    exec_name,
     execution,
     get_request,
     task_template,
 )
 
 TE = execution_pb2.TaskExecution
-OURS = "app.kubernetes.io/managed-by=nim-agent"
-SIMULATE = "nim-agent.dev/simulate"
 
 # Counts reported at the end of the run (see conftest.py): faults injected, bad inputs tried,
 # requests sent under load.
@@ -42,21 +41,6 @@ def phase_name(phase: int) -> str:
     return str(TE.Phase.Name(phase))
 
 
-def nim(mode: str = "ready", **overrides: Any) -> NIM:
-    fields: dict[str, Any] = {
-        "secrets": NIMSecrets(
-            ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
-        ),
-        "cpu": 1,
-        "gpu": 1,
-        "mem": "2Gi",
-        "shm_size": "1Gi",
-        "labels": {SIMULATE: mode},
-    }
-    fields.update(overrides)
-    return NIM(**fields)
-
-
 def small(mode: str = "ready", **overrides: Any) -> NIM:
     """A NIM without a GPU, small enough for hundreds at once on the fake nodes (110 pods each;
     the GPU nodes' taint is tolerated so that all five nodes take them)."""
@@ -65,7 +49,7 @@ def small(mode: str = "ready", **overrides: Any) -> NIM:
         "cpu": "100m",
         "mem": "256Mi",
         "shm_size": "64Mi",
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "tolerations": [GPU_TOLERATION],
     }
     return nim(mode, **{**fields, **overrides})
 
@@ -86,18 +70,6 @@ def template(
     config: NIM | None = None, ttl: timedelta = timedelta(hours=1), name: str = "f"
 ) -> Any:
     return task_template(NIMTask(name=f"faults.{name}", nim=config or nim(), ttl=ttl))
-
-
-def exec_name() -> str:
-    return f"e{uuid.uuid4().hex[:10]}"
-
-
-def our_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
-    return list(core_v1.list_namespaced_pod(namespace, label_selector=OURS).items)
-
-
-def our_services(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Service]:
-    return list(core_v1.list_namespaced_service(namespace, label_selector=OURS).items)
 
 
 def get(server: ConnectorServer, meta: bytes, timeout: float = 10) -> Any:
@@ -169,7 +141,3 @@ def wait_phases(
         if time.monotonic() > deadline:
             raise AssertionError(f"still wrong after {timeout:.1f}s: {wrong}")
         time.sleep(interval)
-
-
-def names(objects: Iterable[Any]) -> list[str]:
-    return sorted(o.metadata.name for o in objects)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -31,24 +30,20 @@ from nim_agent import NIM, NIMSecrets
 from nim_agent.config import ConfigError
 from nim_agent.settings import ENV_PREFIX, ConnectorSettings
 from nim_agent.spec import from_custom, to_custom
+from tests.cluster import our_pods
+from tests.configs import simulated_nim as nim
 from tests.connector_server import (
+    Connectors,
     ConnectorServer,
     create_request,
     delete_request,
+    exec_name,
     execution,
     get_request,
 )
-from tests.faults.support import (
-    COUNTS,
-    TE,
-    Deployments,
-    exec_name,
-    get,
-    nim,
-    our_pods,
-    template,
-    wait_phases,
-)
+from tests.faults.support import COUNTS, TE, Deployments, get, template, wait_phases
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 EXAMPLES = int(os.environ.get("NIM_AGENT_FUZZ_EXAMPLES", "150"))
 GRPC_EXAMPLES = int(os.environ.get("NIM_AGENT_FUZZ_GRPC_EXAMPLES", "60"))
@@ -209,12 +204,8 @@ def test_any_custom_is_read_or_refused_with_a_config_error(custom: dict[str, Any
 
 
 @pytest.fixture(scope="module")
-def server(
-    kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ConnectorServer]:
-    log = tmp_path_factory.mktemp("abuse") / "connector.log"
-    with ConnectorServer(kubeconfig_path, command="nim-agent", log_path=log) as s:
-        yield s
+def server(module_connectors: Connectors) -> ConnectorServer:
+    return module_connectors.start(command="nim-agent")
 
 
 def test_random_customs_through_grpc_fail_the_task_never_the_call(

@@ -5,25 +5,18 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from tests.connector_server import ConnectorServer, delete_request
-from tests.faults.support import (
-    COUNTS,
-    TE,
-    Deployments,
-    get,
-    initializing,
-    nim,
-    our_pods,
-    our_services,
-    wait_phases,
-)
+from tests.cluster import our_pods, our_services
+from tests.configs import simulated_nim as nim
+from tests.connector_server import Connectors, ConnectorServer, delete_request
+from tests.faults.support import COUNTS, TE, Deployments, get, initializing, wait_phases
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 SETTINGS = {
     "NIM_AGENT_UNSCHEDULABLE_TIMEOUT": "10m",
@@ -34,12 +27,8 @@ SETTINGS = {
 
 
 @pytest.fixture(scope="module")
-def server(
-    kubeconfig_path: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ConnectorServer]:
-    log = tmp_path_factory.mktemp("abort") / "connector.log"
-    with ConnectorServer(kubeconfig_path, settings=SETTINGS, log_path=log) as s:
-        yield s
+def server(module_connectors: Connectors) -> ConnectorServer:
+    return module_connectors.start(SETTINGS)
 
 
 # (config, the phase to reach before aborting; None: abort right after CreateTask)

@@ -16,7 +16,7 @@ import asyncio
 import json
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +24,12 @@ import pytest
 from kubernetes import client
 
 from nim_agent import metrics
+from nim_agent.contract import OWNED_BY_US
 from nim_agent.kube import Json, Kube
-from nim_agent.reaper import OWNED_BY_US
 from nim_agent.watch import PodCache
-from tests.connector_server import ConnectorServer, delete_request
+from tests.cluster import our_pods
+from tests.configs import simulated_nim as nim
+from tests.connector_server import Connectors, ConnectorServer, delete_request
 from tests.faults.controlplane import ControlPlane
 from tests.faults.support import (
     COUNTS,
@@ -35,12 +37,12 @@ from tests.faults.support import (
     Deployments,
     get,
     initializing,
-    nim,
-    our_pods,
     phase_name,
     try_get,
     wait_phases,
 )
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 SETTINGS = {
     "NIM_AGENT_UNSCHEDULABLE_TIMEOUT": "10m",
@@ -51,11 +53,8 @@ BACK_WITHIN_S = 30.0
 
 
 @pytest.fixture
-def server(kubeconfig_path: Path, tmp_path: Path) -> Iterator[ConnectorServer]:
-    with ConnectorServer(
-        kubeconfig_path, settings=SETTINGS, command="nim-agent", log_path=tmp_path / "c.log"
-    ) as s:
-        yield s
+def server(connectors: Connectors) -> ConnectorServer:
+    return connectors.start(SETTINGS, command="nim-agent")
 
 
 def test_apiserver_restart_with_deployments_in_every_phase(
@@ -157,11 +156,10 @@ def test_apiserver_restart_with_deployments_in_every_phase(
 
 
 def test_a_connector_started_while_the_apiserver_is_down_serves_once_it_is_back(
-    kubeconfig_path: Path,
     server: ConnectorServer,
+    connectors: Connectors,
     control_plane: ControlPlane,
     namespace: str,
-    tmp_path: Path,
     deployments: Callable[[ConnectorServer], Deployments],
 ) -> None:
     d = deployments(server)
@@ -172,9 +170,7 @@ def test_a_connector_started_while_the_apiserver_is_down_serves_once_it_is_back(
     control_plane.kill("kube-apiserver")
     try:
         # Both come back after, say, a node reboot: the connector first.
-        late = ConnectorServer(
-            kubeconfig_path, settings=SETTINGS, command="nim-agent", log_path=tmp_path / "2.log"
-        ).start()
+        late = connectors.start(SETTINGS, command="nim-agent")
     finally:
         control_plane.start_missing()
         control_plane.wait_ready()

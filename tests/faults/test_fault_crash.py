@@ -13,27 +13,19 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from kubernetes import client
 
-from tests.connector_server import ConnectorServer, delete_request
-from tests.faults.support import (
-    COUNTS,
-    TE,
-    Deployments,
-    exec_name,
-    our_pods,
-    our_services,
-    small,
-    try_get,
-    wait_phases,
-)
+from tests.cluster import our_pods, our_services
+from tests.connector_server import Connectors, ConnectorServer, delete_request, exec_name
+from tests.faults.support import COUNTS, TE, Deployments, small, try_get, wait_phases
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 SETTINGS = {
     "NIM_AGENT_REAP_INTERVAL": "1s",
@@ -42,33 +34,6 @@ SETTINGS = {
 BURST = 40
 MAX_ROUNDS = 4
 CLEANUP = 30
-
-
-class Connectors:
-    """Connector processes started one after the other (a crash, then its replacement)."""
-
-    def __init__(self, kubeconfig: Path, logs: Path) -> None:
-        self.kubeconfig, self.logs, self.started = kubeconfig, logs, []
-
-    def start(self) -> ConnectorServer:
-        n = len(self.started)
-        server = ConnectorServer(
-            self.kubeconfig, settings=SETTINGS, command="nim-agent", log_path=self.logs / f"{n}.log"
-        )
-        self.started.append(server.start())
-        return server
-
-    def kill(self, server: ConnectorServer) -> None:
-        server.kill()
-        COUNTS["faults injected (connector SIGKILLs)"] += 1
-
-
-@pytest.fixture
-def connectors(kubeconfig_path: Path, tmp_path: Path) -> Iterator[Connectors]:
-    c = Connectors(kubeconfig_path, tmp_path)
-    yield c
-    for server in c.started:
-        server.stop()
 
 
 def send_all(
@@ -89,12 +54,14 @@ def collect(futures: dict[str, Any]) -> dict[str, Any]:
     return results
 
 
-def kill_when(server: ConnectorServer, connectors: Connectors, ready: Callable[[], bool]) -> None:
+def kill_when(server: ConnectorServer, ready: Callable[[], bool]) -> None:
+    """SIGKILL the connector as soon as ``ready()``, as a crash would."""
     deadline = time.monotonic() + 60
     while not ready():
         assert time.monotonic() < deadline, "the burst never got going"
         time.sleep(0.005)
-    connectors.kill(server)
+    server.kill()
+    COUNTS["faults injected (connector SIGKILLs)"] += 1
 
 
 def test_sigkill_during_a_burst_of_creates_then_retried_creates_complete_every_deployment(
@@ -108,7 +75,7 @@ def test_sigkill_during_a_burst_of_creates_then_retried_creates_complete_every_d
     rounds = 0
     while rounds < MAX_ROUNDS and (rounds < 2 or cut_total == 0):
         rounds += 1
-        server = connectors.start()
+        server = connectors.start(SETTINGS, command="nim-agent")
         d = deployments(server)
         requests = {exec_name(): d.request(small()) for _ in range(BURST)}
         all_requests.update(requests)
@@ -119,7 +86,8 @@ def test_sigkill_during_a_burst_of_creates_then_retried_creates_complete_every_d
         for future in futures.values():
             future.add_done_callback(lambda _, done=first: done.set())
         assert first.wait(60), "the burst never got going"
-        connectors.kill(server)
+        server.kill()
+        COUNTS["faults injected (connector SIGKILLs)"] += 1
         results = collect(futures)
         pods = {p.metadata.name for p in our_pods(core_v1, namespace)}
         answered = {n for n, r in results.items() if not isinstance(r, grpc.RpcError)}
@@ -133,7 +101,7 @@ def test_sigkill_during_a_burst_of_creates_then_retried_creates_complete_every_d
             assert d.pod_name(results[name].resource_meta) in pods
 
         # Flyte retries what failed; a new connector completes it.
-        replacement = connectors.start()
+        replacement = connectors.start(SETTINGS, command="nim-agent")
         d.server = replacement
         failed = {n: req for n, req in requests.items() if n not in answered}
         retried = send_all(replacement.stub.CreateTask, failed)
@@ -163,7 +131,7 @@ def test_sigkill_during_a_burst_of_aborts_then_retried_deletes_remove_everything
     namespace: str,
     deployments: Callable[[ConnectorServer], Deployments],
 ) -> None:
-    server = connectors.start()
+    server = connectors.start(SETTINGS, command="nim-agent")
     d = deployments(server)
     for _ in range(BURST):
         d.create(small())
@@ -172,16 +140,14 @@ def test_sigkill_during_a_burst_of_aborts_then_retried_deletes_remove_everything
     requests = {n: delete_request(m) for n, m in d.metas.items()}
     with ThreadPoolExecutor(1) as pool:
         sent = pool.submit(send_all, server.stub.DeleteTask, requests)
-        kill_when(
-            server, connectors, lambda: len(our_pods(core_v1, namespace)) <= BURST - BURST // 3
-        )
+        kill_when(server, lambda: len(our_pods(core_v1, namespace)) <= BURST - BURST // 3)
         results = sent.result()
     left = len(our_pods(core_v1, namespace))
     failed = {n: r for n, r in requests.items() if isinstance(results[n], grpc.RpcError)}
     print(f"{len(failed)} DeleteTasks failed by the kill; {left} pods left")
     assert left < BURST
 
-    replacement = connectors.start()
+    replacement = connectors.start(SETTINGS, command="nim-agent")
     d.server = replacement
     retried = send_all(replacement.stub.DeleteTask, failed)
     assert not [r for r in retried.values() if isinstance(r, grpc.RpcError)]
@@ -198,18 +164,18 @@ def test_sigkill_while_failed_servers_are_cleaned_up_a_new_connector_finishes_th
     namespace: str,
     deployments: Callable[[ConnectorServer], Deployments],
 ) -> None:
-    server = connectors.start()
+    server = connectors.start(SETTINGS, command="nim-agent")
     d = deployments(server)
     for _ in range(CLEANUP):
         d.create(small("crashloop"))
     # The reaper deletes each failed server (patch the cause, delete Pod, delete Service); kill
     # the connector as soon as the first one has gone.
-    kill_when(server, connectors, lambda: len(our_pods(core_v1, namespace)) < CLEANUP)
+    kill_when(server, lambda: len(our_pods(core_v1, namespace)) < CLEANUP)
     left = len(our_pods(core_v1, namespace))
     print(f"{left} of {CLEANUP} failed servers left at the kill")
     COUNTS["failed servers left mid-cleanup by a kill"] += left
 
-    replacement = connectors.start()
+    replacement = connectors.start(SETTINGS, command="nim-agent")
     d.server = replacement
     deadline = time.monotonic() + 60
     while our_pods(core_v1, namespace) or our_services(core_v1, namespace):

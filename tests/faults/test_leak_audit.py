@@ -2,22 +2,26 @@
 
 from __future__ import annotations
 
+import pytest
 from kubernetes import client
 
-from tests.faults.conftest import _leftovers
+from nim_agent.contract import LABEL_MANAGED_BY, MANAGED_BY
+from tests.cluster import GPU_TOLERATION, leftovers
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 
 def test_the_leak_audit_lists_a_pod_and_a_service_of_ours(
     core_v1: client.CoreV1Api, namespace: str
 ) -> None:
-    ours = {"app.kubernetes.io/managed-by": "nim-agent"}
+    ours = {LABEL_MANAGED_BY: MANAGED_BY}
     core_v1.create_namespaced_pod(
         namespace,
         {
             "metadata": {"name": "leaked", "labels": ours},
             "spec": {
                 "containers": [{"name": "nim", "image": "nvcr.io/nim/x:1"}],
-                "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+                "tolerations": [GPU_TOLERATION],
             },
         },
     )
@@ -29,7 +33,7 @@ def test_the_leak_audit_lists_a_pod_and_a_service_of_ours(
         namespace, {"metadata": {"name": "not-ours"}, "spec": {"ports": [{"port": 80}]}}
     )
 
-    assert _leftovers(core_v1, namespace) == [
+    assert leftovers(core_v1, namespace) == [
         f"pod {namespace}/leaked",
         f"service {namespace}/leaked",
     ]

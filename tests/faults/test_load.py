@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -44,23 +44,19 @@ import pytest
 from kubernetes import client
 
 from nim_agent import NIM
+from tests.cluster import our_pods
 from tests.connector_server import (
+    Connectors,
     ConnectorServer,
     create_request,
     delete_request,
+    exec_name,
     execution,
     get_request,
 )
-from tests.faults.support import (
-    COUNTS,
-    TE,
-    Deployments,
-    exec_name,
-    our_pods,
-    phase_name,
-    small,
-    template,
-)
+from tests.faults.support import COUNTS, TE, Deployments, phase_name, small, template
+
+pytestmark = pytest.mark.leak_audit  # every test here: nothing of ours left behind
 
 EXECUTIONS = int(os.environ.get("NIM_AGENT_LOAD_CREATES", "200"))
 WORKERS = 20  # flytepropeller's `propeller.workers` default
@@ -113,11 +109,8 @@ def launch(server: ConnectorServer, namespace: str, name: str, config: NIM) -> L
 
 
 @pytest.fixture
-def server(kubeconfig_path: Path, tmp_path: Path) -> Iterator[ConnectorServer]:
-    with ConnectorServer(
-        kubeconfig_path, settings=SETTINGS, command="nim-agent", log_path=tmp_path / "c.log"
-    ) as s:
-        yield s
+def server(connectors: Connectors) -> ConnectorServer:
+    return connectors.start(SETTINGS, command="nim-agent")
 
 
 def test_executions_launched_as_propeller_does_each_get_one_server_and_succeed(

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster import DEVCLUSTER, REPO_ROOT, api_client_with_token, wait_for
+from tests.cluster import DEVCLUSTER, REPO_ROOT, api_client_with_token, nim_like_pod, wait_for
 
 CHART = REPO_ROOT / "charts" / "nim-agent"
 HELM = DEVCLUSTER / "bin" / "helm"
@@ -67,12 +67,9 @@ def can_i(kubeconfig: Path, sa: str, namespace: str, verb: str, resource: str, i
 
 
 @pytest.fixture
-def other_namespace(core_v1: client.CoreV1Api) -> Iterator[str]:
+def other_namespace(make_namespace: Callable[[str], str]) -> str:
     """A second namespace, outside a namespaced install's reach."""
-    name = f"t-other-{uuid.uuid4().hex[:6]}"
-    core_v1.create_namespace({"metadata": {"name": name, "labels": {"nim-agent.dev/test": "true"}}})
-    yield name
-    core_v1.delete_namespace(name)
+    return make_namespace("other")
 
 
 def status_of(error: client.ApiException) -> int:
@@ -171,26 +168,9 @@ def test_helm_install_gives_a_ready_connector_whose_account_cannot_read_secrets(
         pod_name = f"nim-rbac-{uuid.uuid4().hex[:6]}"
         sa_core.create_namespaced_pod(
             namespace,
-            {
-                "metadata": {"name": pod_name, "labels": {"nim-agent.dev/test": "rbac"}},
-                "spec": {
-                    "securityContext": {
-                        "runAsNonRoot": True,
-                        "runAsUser": 1000,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "containers": [
-                        {
-                            "name": "nim",
-                            "image": "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0",
-                            "securityContext": {
-                                "allowPrivilegeEscalation": False,
-                                "capabilities": {"drop": ["ALL"]},
-                            },
-                        }
-                    ],
-                },
-            },
+            nim_like_pod(
+                pod_name, gpu=0, init_container=False, labels={"nim-agent.dev/test": "rbac"}
+            ),
         )
         sa_core.patch_namespaced_pod(
             pod_name, namespace, {"metadata": {"annotations": {"nim-agent.dev/test": "patched"}}}

@@ -15,77 +15,14 @@ from kubernetes import client, watch
 
 from tests.cluster import (
     GPU_RESOURCE,
-    GPU_TOLERATION,
+    NGC_SECRET,
+    NIM_IMAGE,
     POOL_LABEL,
-    SIMULATE_LABEL,
     api_client_with_token,
     describe_namespace,
+    nim_like_pod,
     wait_for,
 )
-
-NIM_IMAGE = "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0"
-NGC_SECRET = "ngc-api-key"
-RESTRICTED_CONTAINER_SECURITY = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-}
-
-
-def nim_like_pod(
-    name: str,
-    *,
-    simulate: str | None = None,
-    gpu: int = 1,
-    init_container: bool = True,
-    annotations: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    """A pod shaped like a NIM deployment: LoRA init container, GPU, NGC key from a Secret."""
-    labels = {"app.kubernetes.io/name": "nim"}
-    if simulate is not None:
-        labels[SIMULATE_LABEL] = simulate
-    resources = {"cpu": "1", "memory": "20Gi"}
-    if gpu:
-        resources[GPU_RESOURCE] = str(gpu)
-    spec: dict[str, Any] = {
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 1000,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [
-            {
-                "name": "nim",
-                "image": NIM_IMAGE,
-                "ports": [{"containerPort": 8000, "name": "http"}],
-                "env": [
-                    {
-                        "name": "NGC_API_KEY",
-                        "valueFrom": {"secretKeyRef": {"name": NGC_SECRET, "key": "api_key"}},
-                    }
-                ],
-                "resources": {"requests": resources, "limits": resources},
-                "startupProbe": {
-                    "httpGet": {"path": "/v1/health/ready", "port": 8000},
-                    "failureThreshold": 100,
-                },
-                "securityContext": RESTRICTED_CONTAINER_SECURITY,
-            }
-        ],
-        "tolerations": [GPU_TOLERATION] if gpu else [],
-    }
-    if init_container:
-        spec["initContainers"] = [
-            {
-                "name": "lora-downloader",
-                "image": "busybox:1.36",
-                "command": ["true"],
-                "securityContext": RESTRICTED_CONTAINER_SECURITY,
-            }
-        ]
-    return {
-        "metadata": {"name": name, "labels": labels, "annotations": annotations or {}},
-        "spec": spec,
-    }
 
 
 def container_status(pod: client.V1Pod, name: str = "nim") -> client.V1ContainerStatus | None:

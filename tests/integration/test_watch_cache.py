@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from nim_agent.contract import OWNED_BY_US
 from nim_agent.kube import AlreadyExists, Invalid, Kube, NotFound
-from nim_agent.reaper import OWNED_BY_US
 from nim_agent.watch import PodCache
 
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem, parse_quantity
+from nim_agent.checks import parse_quantity
+from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem
+from tests.configs import everything
 
 SECRETS = {"ngc_image_secret": "ngc-pull", "ngc_secret_key": "api_key", "secrets_prefix": "_FSEC_"}
 
@@ -352,40 +354,7 @@ def test_base_url_is_localhost_on_the_port() -> None:
 
 
 def test_to_dict_and_from_dict_round_trip_every_field() -> None:
-    data = lora(
-        secrets={**SECRETS, "ngc_secret_group": "ngc", "hf_token_group": "hf", "hf_token_key": "t"},
-        image="nvcr.io/nim/meta/llama3-8b-instruct:1.0.0",
-        health_endpoint="/v1/health/ready",
-        port=8080,
-        cpu="1500m",
-        gpu=2,
-        mem="40Gi",
-        shm_size="8Gi",
-        namespace="nim",
-        ephemeral_storage="100Gi",
-        cache_pvc="nim-cache",
-        node_selector={"gpu": "a100"},
-        tolerations=[
-            {"key": "dedicated", "operator": "Equal", "value": "nim", "effect": "NoSchedule"}
-        ],
-        gpu_toleration=False,
-        affinity={"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": []}},
-        runtime_class_name="nvidia",
-        priority_class_name="high",
-        service_account="nim",
-        labels={"team": "ml"},
-        annotations={"note": "x"},
-        image_pull_policy="IfNotPresent",
-        startup_failure_threshold=120,
-        startup_period_seconds=5,
-        readiness_period_seconds=5,
-        readiness_failure_threshold=2,
-        liveness_period_seconds=20,
-        liveness_failure_threshold=4,
-        lora_downloader_image="python:3.12-slim",
-        download_inputs=True,
-        inputs_mem="1Gi",
-    )
+    data = everything().to_dict()
     nim = NIM.from_dict(copy.deepcopy(data))
     assert nim.to_dict() == data
     assert NIM.from_dict(nim.to_dict()) == nim

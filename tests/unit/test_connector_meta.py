@@ -25,6 +25,8 @@ def test_metadata_round_trips_through_bytes() -> None:
         pytest.param(b'{"namespace": "ns", "name": "x", "pod": "y"}', id="an unknown key"),
         pytest.param(b'{"namespace": "ns", "name": "x", "local": "yes"}', id="local not a bool"),
         pytest.param(b"null", id="JSON null"),
+        pytest.param(b'{"namespace": "ns", "name": "%"}', id="a name the API cannot take"),
+        pytest.param(b'{"namespace": "NS", "name": "x"}', id="a namespace that is not a DNS label"),
     ],
 )
 def test_garbage_resource_meta_decodes_to_an_error_not_an_exception(data: bytes) -> None:

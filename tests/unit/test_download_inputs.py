@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from nim_agent import NIM, ConfigError, NIMSecrets
-from nim_agent.render import INPUT_CONTAINER, INPUT_DOWNLOAD_SCRIPT, sidecar_pod_spec
+from nim_agent.contract import INPUT_CONTAINER
+from nim_agent.sidecar import INPUT_DOWNLOAD_SCRIPT, sidecar_pod_spec
 
 SECRETS = NIMSecrets(ngc_image_secret="ngc", ngc_secret_key="key", secrets_prefix="_FSEC_")
 

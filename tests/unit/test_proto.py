@@ -16,6 +16,7 @@ from google.protobuf import json_format
 from nim_agent._proto import nim_pb2
 from nim_agent.config import NIM, ConfigError, NIMSecrets
 from nim_agent.spec import DEFAULT_TTL, from_custom, from_proto, to_custom, to_proto
+from tests.configs import everything
 
 ROOT = Path(__file__).resolve().parents[2]
 GOLDEN = Path(__file__).parent / "golden"
@@ -31,61 +32,6 @@ def test_regenerating_the_proto_code_gives_the_committed_files(tmp_path: Path) -
         fresh = (tmp_path / name).read_text()
         committed = (ROOT / "nim_agent" / "_proto" / name).read_text()
         assert fresh == committed, f"nim_agent/_proto/{name} is stale: run `make proto`"
-
-
-def everything() -> NIM:
-    """A NIM with every field away from its default."""
-    return NIM(
-        secrets=NIMSecrets(
-            ngc_image_secret="ngc-pull",
-            ngc_secret_key="api_key",
-            secrets_prefix="_FSEC_",
-            ngc_secret_group="ngc",
-            hf_token_group="hf",
-            hf_token_key="token",
-        ),
-        image="nvcr.io/nim/meta/llama-3.1-8b-instruct:1.3.3",
-        health_endpoint="/v1/health/ready",
-        port=8080,
-        cpu="1500m",
-        gpu=2,
-        mem="40Gi",
-        shm_size="8Gi",
-        env={"Z_FIRST": "1", "NIM_PEFT_SOURCE": "/opt/nim/loras", "A_LAST": "2"},
-        hf_repo_ids=["tloen/alpaca-lora-7b", "acme/other-lora"],
-        lora_adapter_mem="4Gi",
-        namespace="nim-shared",
-        ephemeral_storage="100Gi",
-        cache_pvc="nim-cache",
-        node_selector={"gpu": "a100", "zone": "b"},
-        tolerations=[
-            {"key": "dedicated", "operator": "Equal", "value": "nim", "effect": "NoSchedule"},
-            {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
-        ],
-        gpu_toleration=False,
-        affinity={
-            "podAntiAffinity": {
-                "preferredDuringSchedulingIgnoredDuringExecution": [
-                    {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}
-                ]
-            }
-        },
-        runtime_class_name="nvidia",
-        priority_class_name="high",
-        service_account="nim",
-        labels={"team": "ml", "nim-agent.dev/simulate": "crashloop"},
-        annotations={"note": "x y z"},
-        image_pull_policy="Always",
-        startup_failure_threshold=120,
-        startup_period_seconds=5,
-        readiness_period_seconds=6,
-        readiness_failure_threshold=2,
-        liveness_period_seconds=20,
-        liveness_failure_threshold=4,
-        lora_downloader_image="python:3.12-slim",
-        download_inputs=True,
-        inputs_mem="1Gi",
-    )
 
 
 def test_the_everything_config_really_sets_every_field_away_from_its_default() -> None:

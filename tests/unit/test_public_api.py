@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import nim_agent
 
+ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = [
     "NIM",
     "ConfigError",
@@ -23,9 +25,26 @@ def test_all_lists_exactly_the_public_names() -> None:
     assert sorted(nim_agent.__all__) == sorted(EXPECTED)
 
 
-def test_every_public_name_resolves() -> None:
-    for name in nim_agent.__all__:
-        assert getattr(nim_agent, name) is not None
+def test_every_public_name_resolves_to_what_it_names() -> None:
+    import tomllib
+
+    import flytekit
+
+    from nim_agent import checks, config, task
+
+    resolved = {name: getattr(nim_agent, name) for name in nim_agent.__all__}
+    assert resolved == {
+        "NIM": config.NIM,
+        "NIMSecrets": config.NIMSecrets,
+        "ConfigError": checks.ConfigError,
+        "Problem": checks.Problem,
+        "NIMTask": task.NIMTask,
+        "NIMTeardownTask": task.NIMTeardownTask,
+        "PodTemplate": flytekit.PodTemplate,
+        "__version__": tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"],
+    }
+    assert config.ConfigError is checks.ConfigError  # the config module's own name for it
+    assert issubclass(nim_agent.ConfigError, ValueError)
 
 
 def test_an_unknown_name_is_an_attribute_error() -> None:

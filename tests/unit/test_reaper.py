@@ -7,16 +7,9 @@ from typing import Any
 
 import pytest
 
-from nim_agent.reaper import (
-    FAILURE,
-    SUPERSEDED,
-    TTL,
-    Tombstones,
-    policy_for,
-    reap_decision,
-    superseded,
-)
-from nim_agent.status import StatusPolicy
+from nim_agent.contract import FAILURE, SUPERSEDED, TTL
+from nim_agent.reaper import Tombstones, reap_decision, superseded
+from nim_agent.status import StatusPolicy, policy_for
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 POLICY = StatusPolicy()

@@ -28,10 +28,10 @@ from nim_agent.render import (
     render,
     render_pod,
     render_service,
-    sidecar_pod_spec,
     to_yaml,
 )
 from nim_agent.settings import ConnectorSettings
+from nim_agent.sidecar import sidecar_pod_spec
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(p.name.removesuffix(".config.yaml") for p in GOLDEN.glob("*.config.yaml"))

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nim_agent.config import ConfigError
-from nim_agent.settings import ConnectorSettings, format_duration, parse_duration
+from nim_agent.checks import ConfigError
+from nim_agent.contract import format_duration, parse_duration
+from nim_agent.settings import ConnectorSettings
 
 
 def test_defaults_are_valid_and_documented_values() -> None:
@@ -119,3 +120,47 @@ def test_durations_parse_and_format_back(text: str, seconds: int) -> None:
 def test_malformed_durations_are_rejected(text: str) -> None:
     with pytest.raises(ValueError):
         parse_duration(text)
+
+
+def test_each_field_is_converted_by_its_type() -> None:
+    s = ConnectorSettings.load(
+        {
+            "NIM_AGENT_MAX_TTL": "none",  # timedelta | None
+            "NIM_AGENT_LORA_DOWNLOADER_IMAGE": "",  # str | None
+            "NIM_AGENT_WATCH_NAMESPACES": "a, b",  # tuple[str, ...]
+            "NIM_AGENT_REAP_INTERVAL": "45",  # timedelta, plain seconds
+            "NIM_AGENT_ALLOW_CACHE_PVC": "off",  # bool
+        }
+    )
+    assert s.max_ttl is None and s.lora_downloader_image is None
+    assert s.watch_namespaces == ("a", "b")
+    assert s.reap_interval == timedelta(seconds=45)
+    assert s.allow_cache_pvc is False
+    from_file = ConnectorSettings.from_mapping({"max_ttl": None, "watch_namespaces": ["c"]})
+    assert from_file.max_ttl is None and from_file.watch_namespaces == ("c",)
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "message"),
+    [
+        ("NIM_AGENT_CRASHLOOP_RESTART_THRESHOLD", "-1", "-1 is not an integer of 1 or more"),
+        ("NIM_AGENT_CRASHLOOP_RESTART_THRESHOLD", "three", '"three" is not an integer'),
+        ("NIM_AGENT_MAX_TTL", "-5m", "is not a duration"),
+        ("NIM_AGENT_LOG_LINKS", "[1]", "is not a mapping of names to strings"),
+    ],
+)
+def test_a_value_its_field_type_cannot_take_is_refused_naming_the_variable(
+    var: str, value: str, message: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ConnectorSettings.load({var: value})
+    [problem] = caught.value.problems
+    assert problem.field == var
+    assert message in problem.message
+
+
+def test_status_policy_carries_the_thresholds_of_the_settings() -> None:
+    s = ConnectorSettings(crashloop_restart_threshold=7, unschedulable_timeout=timedelta(minutes=3))
+    policy = s.status_policy()
+    assert policy.crashloop_restart_threshold == 7
+    assert policy.unschedulable_timeout == timedelta(minutes=3)

@@ -7,6 +7,7 @@ creation, so a case reads as a timeline.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -981,6 +982,39 @@ def test_every_reason_and_most_phases_appear_in_the_table() -> None:
     assert {c.phase for c in cases} == set(Phase)
 
 
+def docstring_table() -> list[tuple[str, str, str, str]]:
+    """The rows of the table in `nim_agent.status`'s docstring: (rule, state, phase, reason),
+    continuation lines joined to the row above."""
+    lines = (status.__doc__ or "").splitlines()
+    rulers = [i for i, line in enumerate(lines) if line.startswith("====")]
+    assert len(rulers) == 3, "the docstring has one table: ruler, header, ruler, rows, ruler"
+    starts = [m.start() for m in re.finditer(r"=+", lines[rulers[0]])]
+    rows: list[list[str]] = []
+    for line in lines[rulers[1] + 1 : rulers[2]]:
+        cells = [line[a:b].strip() for a, b in zip(starts, [*starts[1:], None], strict=True)]
+        if cells[0]:
+            rows.append(cells)
+        else:
+            rows[-1] = [f"{old} {new}".strip() for old, new in zip(rows[-1], cells, strict=True)]
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+def test_the_docstring_table_lists_the_rules_in_their_order() -> None:
+    named = [row[0] for row in docstring_table() if row[0] != "(no pod)"]
+    in_order = list(dict.fromkeys(named))
+    assert in_order == [rule.__name__ for rule in status._RULES] + ["_fallback"]
+    assert named == sorted(named, key=in_order.index), "a rule's rows stand together"
+
+
+def test_the_docstring_table_names_real_phases_and_every_reason() -> None:
+    rows = docstring_table()
+    phases = {word for row in rows for word in re.findall(r"[A-Z][A-Z_]+[A-Z]", row[2])}
+    reasons = {word for row in rows for word in re.findall(r"\w+", row[3])}
+    assert phases == {p.name for p in Phase}
+    assert {r.value for r in Reason} <= reasons
+    assert reasons <= {r.value for r in Reason}
+
+
 # ---------------------------------------------------------------------------------------------
 # Deletion, logs, custom_info, the enum mapping.
 
@@ -1082,6 +1116,7 @@ def test_the_public_api_is_locked() -> None:
         "classify",
         "flyte_phase",
         "is_terminal",
+        "policy_for",  # moved here from nim_agent.reaper: the pod's own startup window
     ]
 
 

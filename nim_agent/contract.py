@@ -1,0 +1,255 @@
+"""The on-pod contract: every name, key and format nim-agent writes on objects and reads back.
+
+Purely computational, stdlib only. The renderer writes these labels, annotations, container names
+and paths; the connector, the reaper, the watch cache, the status rules and the CLI read them back
+from the objects, never from process memory. Each appears here once:
+
+=========================================  =====================================================
+key or name                                meaning
+=========================================  =====================================================
+label ``app.kubernetes.io/managed-by``     ``nim-agent``: the selector of the watch cache, of
+                                           ``nim-agent list`` and of every cleanup (`OWNED_BY_US`)
+label ``app.kubernetes.io/name``           ``nim``
+label ``app.kubernetes.io/instance``       the deployment name
+label ``nim-agent.dev/deployment``         the deployment name (= Pod name = Service name)
+labels ``nim-agent.dev/<part>``            the Flyte execution identity (`IDENTITY_PARTS`)
+label ``nim-agent.dev/simulate``           the local control plane's pod life (users may set it)
+annotation ``nim-agent.dev/execution-id``  the full execution identity, JSON
+annotation ``nim-agent.dev/expires-at``    RFC 3339 UTC time after which the reaper deletes it
+annotation ``nim-agent.dev/endpoint``      the in-cluster URL (`endpoint_for`)
+annotation ``nim-agent.dev/deletion-cause``  ``<cause>: <detail>`` once nim-agent deletes it
+container ``nim``                          the NIM server (`NIM_CONTAINER`)
+init container ``lora-downloader``         downloads adapters into ``$NIM_PEFT_SOURCE/<name>``
+init container ``input-downloader``        sidecar form: the task's inputs into ``/shared``
+=========================================  =====================================================
+
+Times on objects are RFC 3339 (`parse_time`, `format_time`); durations in messages, settings and
+the CLI are written ``90s``, ``15m``, ``1h30m`` (`parse_duration`, `format_duration`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from nim_agent import hf_download as _hf_download
+from nim_agent.checks import show
+
+__all__ = [
+    "ABORT",
+    "ANNOTATION_DELETION_CAUSE",
+    "ANNOTATION_ENDPOINT",
+    "ANNOTATION_EXECUTION_ID",
+    "ANNOTATION_EXPIRES_AT",
+    "APP_NAME",
+    "CACHE_PATH",
+    "FAILURE",
+    "IDENTITY_PARTS",
+    "INPUT_CONTAINER",
+    "LABEL_DEPLOYMENT",
+    "LABEL_INSTANCE",
+    "LABEL_MANAGED_BY",
+    "LABEL_NAME",
+    "LABEL_PREFIX",
+    "LABEL_SIMULATE",
+    "LORA_CONTAINER",
+    "MANAGED_BY",
+    "NIM_CONTAINER",
+    "OWNED_BY_US",
+    "PEFT_SOURCE_ENV",
+    "SHARED_PATH",
+    "SHM_PATH",
+    "SUPERSEDED",
+    "TEARDOWN",
+    "TTL",
+    "adapter_name",
+    "deletion_cause",
+    "deletion_cause_value",
+    "deployment_of_endpoint",
+    "endpoint_for",
+    "endpoint_of",
+    "expires_at",
+    "format_duration",
+    "format_time",
+    "is_ours",
+    "parse_duration",
+    "parse_time",
+    "same_deployment",
+]
+
+# --------------------------------------------------------------------------- labels, annotations
+
+MANAGED_BY = "nim-agent"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+OWNED_BY_US = f"{LABEL_MANAGED_BY}={MANAGED_BY}"  # label selector of everything nim-agent made
+LABEL_NAME = "app.kubernetes.io/name"
+APP_NAME = "nim"  # the value of LABEL_NAME
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_PREFIX = "nim-agent.dev/"
+LABEL_DEPLOYMENT = LABEL_PREFIX + "deployment"
+# The Flyte execution identity, one label each (`nim-agent.dev/project`, ...).
+IDENTITY_PARTS = ("project", "domain", "execution", "node", "retry")
+# The local control plane's pod life (devcluster/kwok); `simulate-*` annotations tune its timing.
+# The only keys in our prefix a user may set.
+LABEL_SIMULATE = LABEL_PREFIX + "simulate"
+ANNOTATION_EXECUTION_ID = LABEL_PREFIX + "execution-id"
+ANNOTATION_EXPIRES_AT = LABEL_PREFIX + "expires-at"
+ANNOTATION_ENDPOINT = LABEL_PREFIX + "endpoint"
+ANNOTATION_DELETION_CAUSE = LABEL_PREFIX + "deletion-cause"
+
+# --------------------------------------------------------------------------- containers, paths
+
+NIM_CONTAINER = "nim"
+LORA_CONTAINER = "lora-downloader"
+INPUT_CONTAINER = "input-downloader"
+CACHE_PATH = "/opt/nim/.cache"
+SHM_PATH = "/dev/shm"
+SHARED_PATH = "/shared"  # sidecar form: the task's inputs, downloaded before the server starts
+PEFT_SOURCE_ENV = "NIM_PEFT_SOURCE"
+
+
+# The folder under $NIM_PEFT_SOURCE for a Hugging Face repo id, which is also the name NIM serves
+# the adapter under: adapter_name("tloen/alpaca-lora-7b") == "alpaca-lora-7b". Its home is the
+# downloader that runs in the pod (a self-contained program), so the pod and nim-agent agree.
+adapter_name = _hf_download.adapter_name
+
+
+# --------------------------------------------------------------------------- reading objects
+
+
+def _metadata(obj: Mapping[str, Any] | None, part: str) -> Mapping[str, Any]:
+    meta = (obj or {}).get("metadata")
+    value = meta.get(part) if isinstance(meta, Mapping) else None
+    return value if isinstance(value, Mapping) else {}
+
+
+def is_ours(obj: Mapping[str, Any] | None) -> bool:
+    """Whether a Pod or Service was made by nim-agent (its managed-by label)."""
+    return bool(_metadata(obj, "labels").get(LABEL_MANAGED_BY) == MANAGED_BY)
+
+
+def same_deployment(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Whether an existing pod is the one ``wanted`` describes: ours, and the same deployment
+    and execution identity (every label of ours but the local control plane's)."""
+    have, want = _metadata(existing, "labels"), _metadata(wanted, "labels")
+    keys = [k for k in want if k.startswith(LABEL_PREFIX) and not k.startswith(LABEL_SIMULATE)]
+    return is_ours(existing) and all(have.get(k) == want[k] for k in keys)
+
+
+def expires_at(pod: Mapping[str, Any] | None) -> datetime | None:
+    """When the deployment's ttl runs out (None: never, or unreadable)."""
+    return parse_time(_metadata(pod, "annotations").get(ANNOTATION_EXPIRES_AT))
+
+
+def endpoint_of(pod: Mapping[str, Any] | None) -> str:
+    """The endpoint annotation ("" when absent)."""
+    value = _metadata(pod, "annotations").get(ANNOTATION_ENDPOINT)
+    return value if isinstance(value, str) else ""
+
+
+# --------------------------------------------------------------------------- deletion causes
+
+# Why nim-agent deletes a deployment, as metrics labels and messages say it.
+TTL = "ttl"
+TEARDOWN = "teardown"
+ABORT = "abort"
+FAILURE = "failure"
+SUPERSEDED = "superseded"  # a later attempt of the same Flyte node replaced this one
+
+
+def deletion_cause_value(cause: str, detail: str = "") -> str:
+    """``"<cause>: <detail>"`` as written on the pod before nim-agent deletes it (bounded)."""
+    return (f"{cause}: {detail}" if detail else cause)[:1000]
+
+
+def deletion_cause(pod: Mapping[str, Any] | None) -> str | None:
+    """Why nim-agent is deleting the pod, or None when it is not."""
+    cause = _metadata(pod, "annotations").get(ANNOTATION_DELETION_CAUSE)
+    return str(cause) if cause else None
+
+
+# --------------------------------------------------------------------------- the endpoint
+
+
+def endpoint_for(name: str, namespace: str, port: int) -> str:
+    """The in-cluster URL of a deployment's Service (a NIMTask's output ``endpoint``)."""
+    return f"http://{name}.{namespace}.svc.cluster.local:{port}"
+
+
+_ENDPOINT = re.compile(
+    r"^http://(?P<name>[a-z]([-a-z0-9]*[a-z0-9])?)\.(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?)"
+    r"\.svc(\.cluster\.local)?(:\d{1,5})?/?$"
+)
+
+
+def deployment_of_endpoint(endpoint: str) -> tuple[str, str] | None:
+    """(name, namespace) of the deployment behind an endpoint from `endpoint_for`, else None.
+
+    >>> deployment_of_endpoint("http://nim-e1-n0-0-ab12.flyte.svc.cluster.local:8000")
+    ('nim-e1-n0-0-ab12', 'flyte')
+    """
+    m = _ENDPOINT.match(endpoint.strip())
+    return (m["name"], m["namespace"]) if m else None
+
+
+# --------------------------------------------------------------------------- times, durations
+
+
+def parse_time(value: object) -> datetime | None:
+    """An RFC 3339 time as the API server writes it (``2026-11-02T12:00:00Z``); None when absent
+    or unreadable. A time without a zone is taken as UTC."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def format_time(moment: datetime) -> str:
+    """A UTC RFC 3339 time, seconds precision as the API's own (naive datetimes are UTC)."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_DURATION = re.compile(r"^(?:(?P<h>\d+)h)?(?:(?P<m>\d+)m)?(?:(?P<s>\d+)s)?$")
+
+
+def parse_duration(value: object) -> timedelta:
+    """`90s`, `15m`, `2h`, `1h30m`, or a number of seconds, as a timedelta (ValueError if not)."""
+    if isinstance(value, timedelta):
+        return value
+    try:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return timedelta(seconds=value)
+        if isinstance(value, str):
+            text = value.strip()
+            if re.fullmatch(r"\d+(\.\d+)?", text):
+                return timedelta(seconds=float(text))
+            m = _DURATION.match(text)
+            if text and m:
+                return timedelta(
+                    hours=int(m["h"] or 0), minutes=int(m["m"] or 0), seconds=int(m["s"] or 0)
+                )
+    except OverflowError:  # beyond timedelta's 999999999 days, or infinite
+        raise ValueError(f"{show(value)} is not a duration this side of year 10000") from None
+    raise ValueError(f'{show(value)} is not a duration; use e.g. "90s", "15m", "2h" or "1h30m"')
+
+
+def format_duration(delta: timedelta | None, *, exact: bool = True) -> str:
+    """`2h`, `1h30m`, `3m12s`, `45s`: whole seconds, never negative (None reads as 0s).
+
+    ``exact`` keeps every unit, so that `parse_duration` reads it back (settings, ttl); without
+    it only the two largest units are kept, as progress messages read (`1h5m`, not `1h5m12s`).
+    """
+    seconds = max(0, int(delta.total_seconds())) if delta is not None else 0
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours and not exact:
+        secs = 0
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return text + (f"{secs}s" if secs or not text else "")
