@@ -188,11 +188,14 @@ def test_next_step_consumes_the_endpoint_and_tears_the_server_down(
     name, url = service_url(run)
     assert flyte.propeller.outputs(namespace, run.execution_id) == {"o0": url}
     # Propeller called the sync teardown (ExecuteTaskSync) with the endpoint as its input ...
-    assert (
-        flyte.connector.metric(
+    # (flytekit counts the call after its answer is sent: the workflow may finish first)
+    wait_for(
+        lambda: flyte.connector.metric(
             "flyte_connector_requests_success_total", task_type="nim-teardown", operation="do"
         )
-        == teardowns + 1
+        == teardowns + 1,
+        timeout=30,
+        what="the connector to count one teardown call",
     )
     # ... and the deployment behind it is gone (the Service with its pod).
     wait_for(
