@@ -41,14 +41,19 @@ from flytekit.extend.backend.base_connector import (
 from nim_agent.checks import ConfigError, check_dns_label, check_dns_subdomain
 from nim_agent.contract import (
     ABORT,
+    ANNOTATION_SERVED_AT,
     FAILURE,
+    LABEL_PREFIX,
     NIM_CONTAINER,
     TEARDOWN,
     deletion_cause,
     deployment_of_endpoint,
     format_duration,
+    format_time,
     is_ours,
     same_deployment,
+    served_at,
+    stop_record,
 )
 from nim_agent.render import (
     DeploymentIdentity,
@@ -73,7 +78,6 @@ if TYPE_CHECKING:
     from flytekit.models.task import TaskExecutionMetadata, TaskTemplate
 
     from nim_agent.kube import Json, Kube
-    from nim_agent.reaper import Tombstones
     from nim_agent.runtime import Background
     from nim_agent.watch import PodCache
 
@@ -162,7 +166,6 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         super().__init__(task_type_name=TASK_TYPE, metadata_type=NIMMetadata)
         self._settings = settings
         self._background: Background | None = None
-        self._tombstones: Tombstones | None = None
         self._last_known = _LastKnown()
         # Deployments whose Service this process has made (or found): one write per deployment.
         self._services: set[tuple[str, str]] = set()
@@ -180,14 +183,6 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     def policy(self) -> StatusPolicy:
         """The classification thresholds of the settings (each pod adds its startup window)."""
         return self.settings.status_policy()
-
-    @property
-    def tombstones(self) -> Tombstones:
-        if self._tombstones is None:
-            from nim_agent.reaper import Tombstones
-
-            self._tombstones = Tombstones()
-        return self._tombstones
 
     async def kube(self) -> Kube:
         """The Kubernetes client of the running event loop."""
@@ -207,7 +202,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         if bg is None or bg.loop is not asyncio.get_running_loop():
             from nim_agent.runtime import Background
 
-            bg = self._background = Background.start(self.settings, self.tombstones)
+            bg = self._background = Background.start(self.settings)
         return bg
 
     async def stop_background(self) -> None:
@@ -241,7 +236,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             namespace = namespace_for(spec.nim, execution_namespace, settings)
         except ConfigError as exc:
             return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
-        ttl = spec.ttl
+        ttl = spec.ttl or settings.default_ttl
         if settings.max_ttl is not None and ttl > settings.max_ttl:
             return NIMMetadata(
                 error=f"Invalid NIM task configuration: ttl: {format_duration(ttl)} is longer "
@@ -263,7 +258,10 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             local=execution is None,
         )
         kube = await self.kube()
-        pod = render_pod(spec.nim, identity, settings)
+        try:
+            pod = render_pod(spec.nim, identity, settings, ttl=ttl)
+        except ConfigError as exc:
+            return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
         where = f"pod {namespace}/{identity.name}"
         try:
             await kube.create_pod(namespace, pod)
@@ -334,7 +332,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         kube = await self.kube()
         pod = await self._read_pod(kube, meta)
         now = datetime.now(UTC)
-        cause = self.tombstones.get(meta.namespace, meta.name) or deletion_cause(pod)
+        cause = deletion_cause(pod)
         policy = policy_for(pod, self.policy)
         events: list[Json] = []
 
@@ -366,11 +364,12 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             )
             if tail:
                 result = classified(tail)
-        if pod is not None and result.phase is Phase.SUCCEEDED:
+        if pod is not None and result.phase is Phase.SUCCEEDED and stop_record(pod) is None:
             failure = await self._service_problem(kube, meta, pod)
             if failure is not None:
                 return failure
-        await self._after(kube, meta, pod, result)
+            await self._mark_served(kube, meta, pod, now)
+        await self._after(kube, meta, pod, result, now)
         return Resource(
             phase=flyte_phase(result.phase),
             message=result.message,
@@ -398,6 +397,19 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             )
         return None
 
+    async def _mark_served(self, kube: Kube, meta: NIMMetadata, pod: Json, now: datetime) -> None:
+        """Write down, once, that the server has served (``nim-agent.dev/served-at``): from then
+        on a readiness blip or a restart is an interruption of a server a workflow may be using,
+        reported and never failed (`nim_agent.status`), for every replica and later connector."""
+        from nim_agent.kube import NotFound
+
+        if served_at(pod) is not None:
+            return
+        with contextlib.suppress(NotFound):
+            await kube.patch_pod_annotations(
+                meta.namespace, meta.name, {ANNOTATION_SERVED_AT: format_time(now)}
+            )
+
     async def _read_pod(self, kube: Kube, meta: NIMMetadata) -> Json | None:
         cache = self._cache(meta)
         if cache is not None:
@@ -410,29 +422,37 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         return pod if is_ours(pod) else None
 
     async def _after(
-        self, kube: Kube, meta: NIMMetadata, pod: Json | None, result: Classification
+        self,
+        kube: Kube,
+        meta: NIMMetadata,
+        pod: Json | None,
+        result: Classification,
+        now: datetime,
     ) -> None:
-        """Metrics of the outcome, and deletion of a failed server (unless ``keep_failed``)."""
+        """Metrics of the outcome; a failed server is stopped at once (unless ``keep_failed``),
+        with its verdict recorded on the pod, so that every later answer is the same."""
         from nim_agent import metrics
 
         uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")
         if result.phase is Phase.SUCCEEDED:
             metrics.observe_ready(uid, result.custom_info.get("time_to_ready_s"))
-        elif result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED) and pod is not None:
-            metrics.count_failure(uid, result.reason.value)
-            if not self.settings.keep_failed and not deletion_cause(pod):
-                from nim_agent.reaper import delete_deployment
+            return
+        if result.phase not in (Phase.FAILED, Phase.RETRYABLE_FAILED) or pod is None:
+            return
+        metrics.count_failure(uid, result.reason.value)
+        if (
+            stop_record(pod) is not None
+            or deletion_cause(pod)
+            or (pod.get("metadata") or {}).get("deletionTimestamp")
+        ):
+            return
+        ended = str((pod.get("status") or {}).get("phase") or "") in ("Failed", "Succeeded")
+        if self.settings.keep_failed and not ended:
+            return
+        from nim_agent.reaper import stop_deployment, stop_record_for
 
-                await delete_deployment(
-                    kube,
-                    meta.namespace,
-                    meta.name,
-                    cause=FAILURE,
-                    detail=result.reason.value,
-                    tombstones=self.tombstones,
-                )
-                # Later polls (and a lost response's retry) keep the original message.
-                self.tombstones.add(meta.namespace, meta.name, f"failure: {result.message}")
+        record = stop_record_for(FAILURE, result, now=now, detail=None if ended else "")
+        await stop_deployment(kube, pod, record)
 
     def _log_links(self, meta: NIMMetadata) -> list[TaskLog] | None:
         links = self.settings.log_links_for(meta.namespace, meta.name, NIM_CONTAINER)
@@ -479,18 +499,26 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                 meta.name,
                 cause=ABORT,
                 detail="the Flyte execution was aborted",
-                tombstones=self.tombstones,
             )
         finally:
             await kube.close()
 
     # -- teardown -------------------------------------------------------------------------
 
-    async def teardown(self, namespace: str, name: str) -> str:
+    async def teardown(
+        self,
+        namespace: str,
+        name: str,
+        *,
+        owner: tuple[str, str] | None = None,
+        force: bool = False,
+    ) -> str:
         """Delete one of our deployments now (the ``nim-teardown`` task, ``nim-agent teardown``).
 
-        Only pods nim-agent made are touched; a deployment already gone is success. Returns a
-        sentence saying what happened.
+        Only pods nim-agent made are touched; a deployment already gone is success. ``owner``
+        (project, domain): a deployment of another Flyte project or domain is refused, unless
+        ``force`` (logged); ("", "") stands for a local run, whose teardown may remove only
+        deployments of local runs. Returns a sentence saying what happened.
         """
         from nim_agent.reaper import delete_deployment
 
@@ -502,9 +530,21 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             raise PermissionError(
                 f"pod {namespace}/{name} was not made by nim-agent; not deleting it"
             )
-        await delete_deployment(
-            kube, namespace, name, cause=TEARDOWN, detail="requested", tombstones=self.tombstones
+        labels = (pod.get("metadata") or {}).get("labels") or {}
+        belongs = (
+            labels.get(LABEL_PREFIX + "project", ""),
+            labels.get(LABEL_PREFIX + "domain", ""),
         )
+        if owner is not None and belongs != owner:
+            whose = "/".join(belongs) if any(belongs) else "a local run"
+            mine = "/".join(owner) if any(owner) else "a local run"
+            if not force:
+                raise PermissionError(
+                    f"NIM deployment {namespace}/{name} belongs to {whose}, not to {mine}; "
+                    "not deleting it (NIMTeardownTask(force=True) overrides this)"
+                )
+            log.warning("teardown of %s/%s (of %s) forced by %s", namespace, name, whose, mine)
+        await delete_deployment(kube, namespace, name, cause=TEARDOWN, detail="requested")
         return f"deleted NIM deployment {namespace}/{name}"
 
 
@@ -600,7 +640,14 @@ class NIMTeardownConnector(SyncConnectorBase):  # type: ignore[misc]
                 "(expected http://<name>.<namespace>.svc.cluster.local:<port>, as NIMTask outputs)",
             )
         name, namespace = target
-        message = await self._main.teardown(namespace, name)
+        # flytekit passes a sync connector no execution metadata: the teardown task's own
+        # registered identity says which project and domain it runs for ("" for local runs).
+        owner = (task_template.id.project or "", task_template.id.domain or "")
+        force = bool((task_template.custom or {}).get("force"))
+        try:
+            message = await self._main.teardown(namespace, name, owner=owner, force=force)
+        except PermissionError as exc:
+            return Resource(phase=TaskExecution.FAILED, message=str(exc))
         return Resource(phase=TaskExecution.SUCCEEDED, message=message, outputs={})
 
 

@@ -18,6 +18,9 @@ annotation ``nim-agent.dev/execution-id``  the full execution identity, JSON
 annotation ``nim-agent.dev/expires-at``    RFC 3339 UTC time after which the reaper deletes it
 annotation ``nim-agent.dev/endpoint``      the in-cluster URL (`endpoint_for`)
 annotation ``nim-agent.dev/deletion-cause``  ``<cause>: <detail>`` once nim-agent deletes it
+annotation ``nim-agent.dev/served-at``     RFC 3339 time the server was first found serving
+annotation ``nim-agent.dev/stopped``       JSON `StopRecord`: why and when nim-agent stopped
+                                           the server, and the verdict GetTask keeps answering
 container ``nim``                          the NIM server (`NIM_CONTAINER`)
 init container ``lora-downloader``         downloads adapters into ``$NIM_PEFT_SOURCE/<name>``
 init container ``input-downloader``        sidecar form: the task's inputs into ``/shared``
@@ -29,8 +32,10 @@ the CLI are written ``90s``, ``15m``, ``1h30m`` (`parse_duration`, `format_durat
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -43,6 +48,8 @@ __all__ = [
     "ANNOTATION_ENDPOINT",
     "ANNOTATION_EXECUTION_ID",
     "ANNOTATION_EXPIRES_AT",
+    "ANNOTATION_SERVED_AT",
+    "ANNOTATION_STOPPED",
     "APP_NAME",
     "CACHE_PATH",
     "FAILURE",
@@ -64,6 +71,8 @@ __all__ = [
     "SUPERSEDED",
     "TEARDOWN",
     "TTL",
+    "UNHEALTHY",
+    "StopRecord",
     "adapter_name",
     "deletion_cause",
     "deletion_cause_value",
@@ -77,6 +86,8 @@ __all__ = [
     "parse_duration",
     "parse_time",
     "same_deployment",
+    "served_at",
+    "stop_record",
 ]
 
 # --------------------------------------------------------------------------- labels, annotations
@@ -98,6 +109,8 @@ ANNOTATION_EXECUTION_ID = LABEL_PREFIX + "execution-id"
 ANNOTATION_EXPIRES_AT = LABEL_PREFIX + "expires-at"
 ANNOTATION_ENDPOINT = LABEL_PREFIX + "endpoint"
 ANNOTATION_DELETION_CAUSE = LABEL_PREFIX + "deletion-cause"
+ANNOTATION_SERVED_AT = LABEL_PREFIX + "served-at"
+ANNOTATION_STOPPED = LABEL_PREFIX + "stopped"
 
 # --------------------------------------------------------------------------- containers, paths
 
@@ -151,17 +164,75 @@ def endpoint_of(pod: Mapping[str, Any] | None) -> str:
 
 # --------------------------------------------------------------------------- deletion causes
 
-# Why nim-agent deletes a deployment, as metrics labels and messages say it.
-TTL = "ttl"
-TEARDOWN = "teardown"
-ABORT = "abort"
-FAILURE = "failure"
-SUPERSEDED = "superseded"  # a later attempt of the same Flyte node replaced this one
+# Why nim-agent removes a server, as metrics labels and messages say it. A server Flyte may still
+# ask about is stopped (kept, with a `StopRecord`, its containers ended by the kubelet); one
+# Flyte is done with is deleted.
+TTL = "ttl"  # stopped: its ttl has passed
+FAILURE = "failure"  # stopped: it failed (crash loop, OOM, startup window, ...)
+UNHEALTHY = "unhealthy"  # stopped: it served, then stayed unready past the unhealthy window
+TEARDOWN = "teardown"  # deleted: the workflow (or an operator) asked for it
+ABORT = "abort"  # deleted: the Flyte execution was aborted
+SUPERSEDED = "superseded"  # deleted: a later attempt of the same Flyte node replaced this one
 
 
 def deletion_cause_value(cause: str, detail: str = "") -> str:
     """``"<cause>: <detail>"`` as written on the pod before nim-agent deletes it (bounded)."""
     return (f"{cause}: {detail}" if detail else cause)[:1000]
+
+
+def served_at(pod: Mapping[str, Any] | None) -> datetime | None:
+    """When the deployment was first found serving (None: not yet)."""
+    return parse_time(_metadata(pod, "annotations").get(ANNOTATION_SERVED_AT))
+
+
+@dataclass(frozen=True)
+class StopRecord:
+    """Why and when nim-agent stopped a server, and the verdict GetTask answers from then on.
+
+    Written on the pod (annotation ``nim-agent.dev/stopped``, JSON) in the same patch that lowers
+    its ``activeDeadlineSeconds`` so the kubelet ends its containers: the pod object stays, so
+    every replica and every later connector answers the same, until the reaper deletes the pod
+    after the retention. ``phase`` is a Flyte phase name (always terminal).
+    """
+
+    cause: str
+    at: datetime
+    phase: str
+    reason: str
+    message: str
+
+    def to_annotation(self) -> str:
+        doc = {
+            "cause": self.cause,
+            "at": format_time(self.at),
+            "phase": self.phase,
+            "reason": self.reason,
+            "message": self.message[:4000],
+        }
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_annotation(cls, text: object) -> StopRecord | None:
+        """The record written by `to_annotation`; None when absent or unreadable."""
+        if not isinstance(text, str) or not text:
+            return None
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        at = parse_time(doc.get("at"))
+        fields = [doc.get(k) for k in ("cause", "phase", "reason", "message")]
+        if at is None or not all(isinstance(f, str) for f in fields):
+            return None
+        cause, phase, reason, message = (str(f) for f in fields)
+        return cls(cause=cause, at=at, phase=phase, reason=reason, message=message)
+
+
+def stop_record(pod: Mapping[str, Any] | None) -> StopRecord | None:
+    """The pod's `StopRecord`, or None when nim-agent has not stopped it."""
+    return StopRecord.from_annotation(_metadata(pod, "annotations").get(ANNOTATION_STOPPED))
 
 
 def deletion_cause(pod: Mapping[str, Any] | None) -> str | None:

@@ -168,8 +168,12 @@ class PodWatch:
         if not line:
             self.close()
             raise StopAsyncIteration
-        event = json.loads(line)
-        kind, obj = event.get("type", ""), event.get("object") or {}
+        try:
+            event = json.loads(line)
+            kind, obj = str(event.get("type", "")), event.get("object") or {}
+        except (ValueError, AttributeError) as exc:  # a line cut short, or not an event
+            self.close()
+            raise TemporaryKubeError(f"pod watch sent an unreadable event: {exc}") from exc
         if kind == "ERROR":
             self.close()
             _raise_for(int(obj.get("code") or 500), json.dumps(obj).encode(), {})
@@ -179,8 +183,14 @@ class PodWatch:
         self._response.release()
 
 
-def _path(kind: str, namespace: str | None, name: str | None = None, sub: str = "") -> str:
-    base = "/api/v1"
+def _path(
+    kind: str,
+    namespace: str | None,
+    name: str | None = None,
+    sub: str = "",
+    *,
+    base: str = "/api/v1",
+) -> str:
     path = (
         f"{base}/namespaces/{quote(namespace, safe='')}/{kind}" if namespace else f"{base}/{kind}"
     )
@@ -248,8 +258,14 @@ class Kube:
         body: Any = None,
         content_type: str = "application/json",
         http_timeout: aiohttp.ClientTimeout | None = None,
-    ) -> k8s_client.rest.RESTResponse:
-        """Send one request; return the response (status < 400) or raise a KubeError."""
+        stream: bool = False,
+    ) -> Any:
+        """Send one request and read its answer; every network await is inside the one error
+        mapping, the body's too (a connection dropped mid-body is a TemporaryKubeError).
+
+        Returns the body (bytes) of a successful answer, or with ``stream`` the open response
+        (status < 400) whose body the caller reads (a watch; `PodWatch` maps its own errors).
+        """
         params = [(k, v) for k, v in (query or {}).items() if v is not None]
         try:
             _, url, headers, _, _ = await self._api.param_serialize(
@@ -266,6 +282,14 @@ class Kube:
                 body=body,
                 _request_timeout=http_timeout or self._timeout,
             )
+            status = response.status
+            if status >= 400:
+                metrics.KUBE_REQUESTS.labels(verb, str(status)).inc()
+                _raise_for(status, await response.read(), response.headers)
+            if stream:
+                metrics.KUBE_REQUESTS.labels(verb, str(status)).inc()
+                return response
+            data = await response.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             metrics.KUBE_REQUESTS.labels(verb, "error").inc()
             raise TemporaryKubeError(
@@ -276,14 +300,19 @@ class Kube:
             metrics.KUBE_REQUESTS.labels(verb, str(exc.status)).inc()
             raw = exc.body if isinstance(exc.body, bytes) else str(exc.body or "").encode()
             _raise_for(exc.status or 500, raw, exc.headers or {})
-        metrics.KUBE_REQUESTS.labels(verb, str(response.status)).inc()
-        if response.status >= 400:
-            _raise_for(response.status, await response.read(), response.headers)
-        return response
+        metrics.KUBE_REQUESTS.labels(verb, str(status)).inc()
+        return data
 
     async def _json(self, verb: str, method: str, path: str, **kw: Any) -> Json:
-        response = await self._send(verb, method, path, **kw)
-        doc: Json = json.loads(await response.read())
+        data = await self._send(verb, method, path, **kw)
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:  # a body cut short without the transport noticing
+            raise TemporaryKubeError(
+                f"the Kubernetes API server sent an unreadable answer to {verb}: {exc}"
+            ) from exc
+        if not isinstance(doc, dict):
+            raise TemporaryKubeError(f"the Kubernetes API server answered {verb} with no object")
         return doc
 
     # -- pods -----------------------------------------------------------------------------
@@ -314,6 +343,17 @@ class Kube:
         except NotFound:
             return False
         return True
+
+    async def patch_pod(self, namespace: str, name: str, patch: Json) -> Json:
+        """Merge-patch a pod (metadata and the few spec fields a pod may change, such as
+        ``activeDeadlineSeconds``)."""
+        return await self._json(
+            "patch",
+            "PATCH",
+            _path("pods", namespace, name),
+            body=patch,
+            content_type="application/merge-patch+json",
+        )
 
     async def patch_pod_annotations(
         self, namespace: str, name: str, annotations: Mapping[str, str | None]
@@ -374,6 +414,7 @@ class Kube:
             http_timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=5, sock_read=timeout_seconds + 30
             ),
+            stream=True,
         )
         return PodWatch(response.response)
 
@@ -382,7 +423,7 @@ class Kube:
     ) -> str | None:
         """The last ``lines`` lines of a container's log, or None when there is none to read."""
         try:
-            response = await self._send(
+            data: bytes = await self._send(
                 "get",
                 "GET",
                 _path("pods", namespace, name, "log"),
@@ -394,8 +435,7 @@ class Kube:
             )
         except (NotFound, Invalid):
             return None
-        text: str = (await response.read()).decode("utf-8", "replace")
-        return text
+        return data.decode("utf-8", "replace")
 
     # -- services -------------------------------------------------------------------------
 
@@ -429,3 +469,25 @@ class Kube:
             },
         )
         return list(doc.get("items") or [])
+
+    # -- leases (coordination.k8s.io/v1) ----------------------------------------------------
+
+    async def get_lease(self, namespace: str, name: str) -> Json | None:
+        """The Lease, or None when it does not exist."""
+        try:
+            return await self._json("get", "GET", _lease_path(namespace, name))
+        except NotFound:
+            return None
+
+    async def create_lease(self, namespace: str, lease: Json) -> Json:
+        """Create a Lease; AlreadyExists when another process made it first."""
+        return await self._json("create", "POST", _lease_path(namespace), body=lease)
+
+    async def replace_lease(self, namespace: str, name: str, lease: Json) -> Json:
+        """Replace a Lease; Conflict when it changed since ``lease``'s resourceVersion was read
+        (optimistic concurrency: another holder got there first)."""
+        return await self._json("update", "PUT", _lease_path(namespace, name), body=lease)
+
+
+def _lease_path(namespace: str, name: str | None = None) -> str:
+    return _path("leases", namespace, name, base="/apis/coordination.k8s.io/v1")

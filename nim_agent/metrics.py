@@ -9,7 +9,12 @@ nim_agent_deployments                         | phase (gauge, from the watch cac
 nim_agent_deployments_created_total           | (counter)
 nim_agent_time_to_ready_seconds               | (histogram: pod creation -> Ready)
 nim_agent_failures_total                      | reason
-nim_agent_deletions_total                     | cause (abort, ttl, teardown, failure, superseded)
+nim_agent_deletions_total                     | cause: servers removed (stopped: ttl, failure,
+                                              | unhealthy; deleted: abort, teardown, superseded)
+nim_agent_serving_interruptions_total         | (counter: a server that had served went unready)
+nim_agent_unhealthy_servers                   | (gauge: served, unready now; from the sweep)
+nim_agent_loop_restarts_total                 | loop (a background loop failed and was restarted)
+nim_agent_leader                              | (gauge: 1 while this process holds the reaper Lease)
 nim_agent_kube_requests_total                 | verb, code
 nim_agent_watch_restarts_total                | reason
 """
@@ -46,6 +51,23 @@ KUBE_REQUESTS = Counter(
     "nim_agent_kube_requests",
     "Requests sent to the Kubernetes API server, by verb and HTTP status code.",
     ["verb", "code"],
+)
+SERVING_INTERRUPTIONS = Counter(
+    "nim_agent_serving_interruptions",
+    "Times a NIM server that had served became unready (a readiness probe missed, a restart).",
+)
+UNHEALTHY_SERVERS = Gauge(
+    "nim_agent_unhealthy_servers",
+    "NIM servers that have served and are unready now (counted by the cleanup sweep).",
+)
+LOOP_RESTARTS = Counter(
+    "nim_agent_loop_restarts",
+    "Background loops (pod watch, cleanup sweep, leader election) that failed and were restarted.",
+    ["loop"],
+)
+LEADER = Gauge(
+    "nim_agent_leader",
+    "1 while this process holds the Lease that makes it run the cleanup sweep, else 0.",
 )
 WATCH_RESTARTS = Counter(
     "nim_agent_watch_restarts",

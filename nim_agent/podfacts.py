@@ -18,7 +18,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from nim_agent.contract import LORA_CONTAINER, NIM_CONTAINER, format_time, parse_time
+from nim_agent.contract import (
+    LORA_CONTAINER,
+    NIM_CONTAINER,
+    StopRecord,
+    format_time,
+    parse_time,
+    served_at,
+    stop_record,
+)
 
 __all__ = [
     "ContainerFacts",
@@ -109,6 +117,7 @@ class ContainerFacts:
     memory_limit: str
     restart_count: int
     ready: bool
+    started: bool  # the kubelet's `started`: the startup probe passed (reset by a restart)
     waiting_reason: str
     waiting_message: str
     running_since: datetime | None
@@ -168,6 +177,7 @@ def _read_containers(pod: Mapping[str, Any], *, init: bool) -> list[ContainerFac
                 memory_limit=_str(limits.get("memory")),
                 restart_count=_int(status.get("restartCount")) or 0,
                 ready=status.get("ready") is True,
+                started=status.get("started") is True,
                 waiting_reason=_str(waiting.get("reason")),
                 waiting_message=_text(waiting.get("message")),
                 running_since=parse_time(running.get("startedAt")) if "running" in state else None,
@@ -241,6 +251,8 @@ class PodFacts:
     nominated_node: str
     created: datetime | None
     deleting: datetime | None
+    served_at: datetime | None  # nim-agent found it serving (`contract.served_at`)
+    stopped: StopRecord | None  # nim-agent stopped it (`contract.stop_record`)
     conditions: Mapping[str, Mapping[str, Any]]
     scheduling_gates: list[str]
     init_containers: list[ContainerFacts]
@@ -275,6 +287,12 @@ class PodFacts:
     def nim(self) -> ContainerFacts | None:
         """The NIM server container, found by the name the renderer gave it."""
         return next((c for c in self.containers if c.is_nim), None)
+
+    @property
+    def unready_since(self) -> datetime | None:
+        """Since when the pod has not been Ready (its Ready condition's last transition)."""
+        status, _, _, at = self.condition("Ready")
+        return at if status == "False" else None
 
     def events_about(
         self, reasons: Sequence[str], container: ContainerFacts | None = None
@@ -339,6 +357,8 @@ def read_pod(raw: object, events: Sequence[Mapping[str, Any]], now: datetime) ->
         nominated_node=_str(status.get("nominatedNodeName")),
         created=created,
         deleting=parse_time(meta.get("deletionTimestamp")),
+        served_at=served_at(pod),
+        stopped=stop_record(pod),
         conditions={_str(c.get("type")): c for c in _maps(status.get("conditions"))},
         scheduling_gates=[
             _str(g.get("name")) for g in _maps(spec.get("schedulingGates")) if g.get("name")

@@ -1,15 +1,23 @@
-"""Deleting deployments: why (ttl, failure, abort, teardown, superseded), how
-(`delete_deployment`), and the cleanup sweep that deletes expired, failed and superseded ones.
+"""Removing NIM servers: why (`nim_agent.contract` causes), how (`stop_deployment`,
+`delete_deployment`), and the cleanup sweep that finds the ones to remove.
 
 Flyte calls DeleteTask only on abort; after success the NIM keeps serving the workflow's next
-steps. So nim-agent removes deployments itself, with every decision taken from what the pod
-carries (labels and annotations, `nim_agent.contract`): a restarted connector, or another
-replica, cleans up what an earlier one created. Only `Tombstones` (why a deployment that is
-already gone went) live in process memory.
+steps. So nim-agent removes servers itself, with every decision taken from what the pod carries
+(labels and annotations, `nim_agent.contract`), never from process memory: a restarted connector,
+or another replica, cleans up what an earlier one created, and answers the same.
 
-:func:`reap_decision` (pod + now -> cause or None) and :func:`superseded` (pods -> the ones a
-later attempt replaced) are pure and unit-tested; :class:`Reaper` runs them over the pods in the
-watch cache every ``interval`` and deletes.
+Two ways to remove a server:
+
+- **stop** (ttl, failure, unhealthy): a server Flyte may still ask about. One merge patch writes
+  the verdict GetTask will keep answering (`StopRecord`) and lowers ``activeDeadlineSeconds`` to
+  1, so the kubelet ends its containers and its GPU is free, while the pod object stays. The
+  sweep deletes the pod after ``stopped_retention``. A pod that has already ended by itself
+  (evicted, its node lost) gets the record only.
+- **delete** (abort, teardown, superseded): Flyte is done with it; the Pod and its Service go.
+
+:func:`reap_decision` (pod + now -> what to do) and :func:`superseded` (pods -> the ones a later
+attempt replaced) are pure and unit-tested; :class:`Reaper` runs them over the pods in the watch
+cache every ``interval`` (only while it holds the cleanup Lease, see `nim_agent.runtime`).
 
 Why superseded attempts: flytepropeller turns a failed CreateTask (a timeout included) into a
 retryable failure of the attempt, and retries the node as a new attempt with a new deployment name;
@@ -20,8 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,61 +38,146 @@ from typing import TYPE_CHECKING, Any
 from nim_agent import metrics
 from nim_agent.contract import (
     ANNOTATION_DELETION_CAUSE,
+    ANNOTATION_STOPPED,
     FAILURE,
     LABEL_PREFIX,
     SUPERSEDED,
     TTL,
+    UNHEALTHY,
+    StopRecord,
     deletion_cause_value,
+    endpoint_of,
     expires_at,
+    format_duration,
     format_time,
+    stop_record,
 )
-from nim_agent.status import Classification, Phase, StatusPolicy, classify, policy_for
+from nim_agent.podfacts import read_pod
+from nim_agent.status import (
+    Classification,
+    Phase,
+    Reason,
+    StatusPolicy,
+    classify,
+    is_terminal,
+    policy_for,
+    unhealthy_for,
+)
 
 if TYPE_CHECKING:
     from nim_agent.kube import Kube
     from nim_agent.watch import PodCache
 
+__all__ = [
+    "Action",
+    "Decision",
+    "Reaper",
+    "delete_deployment",
+    "reap_decision",
+    "stop_deployment",
+    "stop_record_for",
+    "superseded",
+]
+
 log = logging.getLogger(__name__)
+
+
+class Action(enum.Enum):
+    """What the sweep does with a pod."""
+
+    STOP = "stop"  # record the verdict, end the containers (keep the pod for the retention)
+    DELETE = "delete"  # delete Pod and Service
+    FORGET = "forget"  # delete a stopped pod whose retention is over (not a server removal)
 
 
 @dataclass(frozen=True)
 class Decision:
-    """Why a pod is to be deleted; ``classification`` is set for failures."""
+    """What to do with a pod and why; ``record`` is set when it is stopped."""
 
+    action: Action
     cause: str
     message: str
+    record: StopRecord | None = None
     classification: Classification | None = None
 
 
-def reap_decision(
-    pod: Mapping[str, Any], *, now: datetime, policy: StatusPolicy, keep_failed: bool
-) -> Decision | None:
-    """Whether (and why) the reaper deletes ``pod`` now. Purely computational.
+def stop_record_for(
+    cause: str, result: Classification, *, now: datetime, detail: str | None = ""
+) -> StopRecord:
+    """The verdict a server stopped for ``cause`` keeps answering, from its classification then.
 
-    - past its ``nim-agent.dev/expires-at``: ttl (failed pods kept for debugging go too);
-    - classified FAILED or RETRYABLE_FAILED (crash loop, OOM, unschedulable too long, ...):
-      failure, unless ``keep_failed``;
-    - already being deleted: nothing to do.
+    A terminal verdict is kept as it was (a reported phase never changes because nim-agent
+    cleans up), with a note of the stop (none when ``detail`` is None: the pod ended by itself);
+    a server stopped while still starting fails, naming the cause.
     """
-    return _decide(pod, now=now, policy=policy, keep_failed=keep_failed)[0]
+    if is_terminal(result.phase):
+        note = f" nim-agent stopped the server ({cause}{': ' + detail if detail else ''})."
+        message = result.message if detail is None else result.message + note
+        return StopRecord(cause, now, result.phase.value, result.reason.value, message)
+    reason = Reason.TTL_EXPIRED if cause == TTL else Reason.UNHEALTHY
+    return StopRecord(
+        cause,
+        now,
+        Phase.FAILED.value,
+        reason.value,
+        f"nim-agent stopped the NIM server before it was ready ({detail or cause}). Last state: "
+        f"{result.message}",
+    )
 
 
-def _decide(
-    pod: Mapping[str, Any], *, now: datetime, policy: StatusPolicy, keep_failed: bool
-) -> tuple[Decision | None, Classification | None]:
-    """:func:`reap_decision`, and the classification it made on the way (if it made one)."""
+def reap_decision(
+    pod: Mapping[str, Any],
+    *,
+    now: datetime,
+    policy: StatusPolicy,
+    keep_failed: bool,
+    retention: timedelta,
+) -> Decision | None:
+    """What the sweep does with ``pod`` now, if anything. Purely computational.
+
+    In order: a pod being deleted is left alone; a stopped pod is forgotten (deleted) once
+    ``retention`` has passed since it was stopped; a pod that ended by itself (phase Failed or
+    Succeeded) gets its verdict recorded; past ``nim-agent.dev/expires-at``: stopped (ttl); failed
+    (crash loop, OOM, unschedulable too long, ...): stopped (failure); served or started, then
+    unready for ``policy.unhealthy_window``: stopped (unhealthy). ``keep_failed`` leaves failed
+    and unhealthy servers running (until their ttl).
+    """
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return None, None
+        return None
+    record = stop_record(pod)
+    if record is not None:
+        if now - record.at >= retention:
+            kept = format_duration(retention)
+            return Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
+        return None
+    endpoint = endpoint_of(pod)
+    result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint=endpoint)
+    phase = str((pod.get("status") or {}).get("phase") or "")
+    if phase in ("Failed", "Succeeded"):
+        cause = TTL if result.reason is Reason.TTL_EXPIRED else FAILURE
+        record = stop_record_for(cause, result, now=now, detail=None)
+        return Decision(Action.STOP, cause, result.message, record, result)
     expiry = expires_at(pod)
     if expiry is not None and now >= expiry:
-        return Decision(TTL, f"ttl expired at {format_time(expiry)}"), None
+        detail = f"ttl expired at {format_time(expiry)}"
+        return Decision(
+            Action.STOP, TTL, detail, stop_record_for(TTL, result, now=now, detail=detail), result
+        )
     if keep_failed:
-        return None, None
-    result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint="")
+        return None
     if result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED):
-        return Decision(FAILURE, result.message, result), result
-    return None, result
+        record = stop_record_for(FAILURE, result, now=now)
+        return Decision(Action.STOP, FAILURE, result.message, record, result)
+    unready = unhealthy_for(read_pod(pod, (), now))
+    if unready is not None and unready >= policy.unhealthy_window:
+        detail = (
+            f"unready for {format_duration(unready, exact=False)} "
+            f"(unhealthy window {format_duration(policy.unhealthy_window)})"
+        )
+        record = stop_record_for(UNHEALTHY, result, now=now, detail=detail)
+        return Decision(Action.STOP, UNHEALTHY, detail, record, result)
+    return None
 
 
 def superseded(pods: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Decision]]:
@@ -93,7 +186,8 @@ def superseded(pods: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any
     Purely computational. Pods are grouped by namespace and Flyte node execution (the
     ``nim-agent.dev/{project,domain,execution,node}`` labels); in each group every pod whose
     ``nim-agent.dev/retry`` is lower than the group's highest is returned, with the decision to
-    delete it. Local runs (no execution labels) and pods being deleted are left alone.
+    delete it. Local runs (no execution labels), pods being deleted and stopped pods (their
+    record is kept for the retention) are left alone.
     """
     groups: dict[tuple[str, ...], list[tuple[int, Mapping[str, Any]]]] = {}
     for pod in pods:
@@ -112,52 +206,84 @@ def superseded(pods: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any
     for attempts in groups.values():
         latest = max(number for number, _ in attempts)
         for number, pod in attempts:
-            if number < latest:
+            if number < latest and stop_record(pod) is None:
                 message = (
                     f"attempt {number} was replaced by attempt {latest} of the same Flyte node"
                 )
-                found.append((pod, Decision(SUPERSEDED, message)))
+                found.append((pod, Decision(Action.DELETE, SUPERSEDED, message)))
     return found
 
 
-class Tombstones:
-    """Why recently deleted deployments went, so GetTask can say so after the pod is gone.
+async def stop_deployment(kube: Kube, pod: Mapping[str, Any], record: StopRecord) -> bool:
+    """Stop a server: record its verdict and end its containers, in one merge patch.
 
-    In memory and bounded: after a restart a deleted pod reads as "deleted by someone else",
-    which is why deletions are also written on the pod (``nim-agent.dev/deletion-cause``)
-    first, for as long as it is terminating.
+    ``activeDeadlineSeconds`` 1 (a pod may lower it, never raise it) makes the kubelet end the
+    containers at once and mark the pod Failed (DeadlineExceeded); its resources, the GPU
+    included, are free, and the pod object keeps the record for every replica to read. A pod
+    that has already ended gets the record only. True when the server was running (a removal
+    nim-agent made, counted by cause); False for a record on an ended pod, or a pod gone.
     """
+    from nim_agent.kube import NotFound
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self._capacity = capacity
-        self._entries: OrderedDict[tuple[str, str], str] = OrderedDict()
-
-    def add(self, namespace: str, name: str, cause: str) -> None:
-        self._entries[(namespace, name)] = cause
-        self._entries.move_to_end((namespace, name))
-        while len(self._entries) > self._capacity:
-            self._entries.popitem(last=False)
-
-    def get(self, namespace: str, name: str) -> str | None:
-        return self._entries.get((namespace, name))
+    meta = pod.get("metadata") or {}
+    namespace, name = str(meta.get("namespace")), str(meta.get("name"))
+    ended = str((pod.get("status") or {}).get("phase") or "") in ("Failed", "Succeeded")
+    patch: dict[str, Any] = {
+        "metadata": {"annotations": {ANNOTATION_STOPPED: record.to_annotation()}}
+    }
+    if not ended:
+        patch["spec"] = {"activeDeadlineSeconds": 1}
+    try:
+        await kube.patch_pod(namespace, name, patch)
+    except NotFound:
+        return False
+    if ended:
+        log.info(
+            "recorded the end of NIM deployment %s/%s: %s %s",
+            namespace,
+            name,
+            record.phase,
+            record.reason,
+        )
+        return False
+    metrics.DELETIONS.labels(record.cause).inc()
+    log.info(
+        "stopped NIM deployment %s/%s (%s): %s; Flyte is answered %s",
+        namespace,
+        name,
+        record.cause,
+        _first_line(record.message),
+        record.phase,
+    )
+    return True
 
 
 async def delete_deployment(
-    kube: Kube, namespace: str, name: str, *, cause: str, detail: str, tombstones: Tombstones
+    kube: Kube, namespace: str, name: str, *, cause: str, detail: str, server: bool = True
 ) -> bool:
-    """Delete a deployment's Pod and Service; True if the Pod existed. Idempotent."""
+    """Delete a deployment's Pod and Service; True if the Pod existed. Idempotent.
+
+    The cause is written on the pod first, so GetTask reads "deleted by nim-agent" (FAILED, not
+    retryable) while it terminates. ``server`` False: the server had already been stopped (a
+    stopped pod whose retention is over); not counted again as a removal.
+    """
     from nim_agent.kube import NotFound
 
     value = deletion_cause_value(cause, detail)
-    tombstones.add(namespace, name, value)
     with contextlib.suppress(NotFound):
         await kube.patch_pod_annotations(namespace, name, {ANNOTATION_DELETION_CAUSE: value})
     existed = await kube.delete_pod(namespace, name)
     await kube.delete_service(namespace, name)  # owned by the pod; deleting now frees the name
-    if existed:
+    if existed and server:
         metrics.DELETIONS.labels(cause).inc()
         log.info("deleted NIM deployment %s/%s (%s: %s)", namespace, name, cause, detail)
+    elif existed:
+        log.info("removed the stopped NIM deployment %s/%s (%s)", namespace, name, detail)
     return existed
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else ""
 
 
 # Pods classified between two yields to the event loop. A sweep runs on the connector's event
@@ -167,7 +293,8 @@ _SWEEP_SLICE = 50
 
 
 class Reaper:
-    """Every ``interval``, delete the expired and failed deployments in the watch cache."""
+    """Every ``interval``, stop and delete what `reap_decision` and `superseded` say, among the
+    pods in the watch cache; only while ``may_sweep()`` (the cleanup Lease is held)."""
 
     def __init__(
         self,
@@ -176,21 +303,24 @@ class Reaper:
         *,
         policy: StatusPolicy,
         keep_failed: bool,
-        tombstones: Tombstones,
+        retention: timedelta,
         interval: timedelta = timedelta(seconds=30),
+        may_sweep: Callable[[], bool] = lambda: True,
     ) -> None:
         self._kube = kube
         self._cache = cache
         self._policy = policy
         self._keep_failed = keep_failed
-        self._tombstones = tombstones
+        self._retention = retention
         self._interval = interval.total_seconds()
+        self._may_sweep = may_sweep
 
     async def sweep(self, now: datetime | None = None) -> list[tuple[str, str, Decision]]:
-        """One pass; returns what was deleted as (namespace, name, decision)."""
+        """One pass; returns what was stopped or deleted as (namespace, name, decision)."""
         now = now or datetime.now(UTC)
         done: list[tuple[str, str, Decision]] = []
         phases: dict[str, int] = dict.fromkeys((p.value for p in Phase), 0)
+        unhealthy = 0
         kube = await self._kube()
         pods = list(self._cache.pods())
         replaced = {id(pod): decision for pod, decision in superseded(pods)}
@@ -199,40 +329,48 @@ class Reaper:
                 await asyncio.sleep(0)  # let GetTask calls in between slices of the sweep
             meta = pod.get("metadata") or {}
             namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-            decision, result = _decide(
-                pod, now=now, policy=self._policy, keep_failed=self._keep_failed
+            decision = replaced.get(id(pod)) or reap_decision(
+                pod,
+                now=now,
+                policy=self._policy,
+                keep_failed=self._keep_failed,
+                retention=self._retention,
             )
-            if decision is None and id(pod) in replaced:
-                decision = replaced[id(pod)]
             if decision is None:
-                if result is None:
-                    result = classify(
-                        pod, now=now, policy=policy_for(pod, self._policy), endpoint=""
-                    )
+                result = classify(pod, now=now, policy=policy_for(pod, self._policy), endpoint="")
                 phases[result.phase.value] += 1
+                unhealthy += result.reason is Reason.SERVING_INTERRUPTED
                 continue
-            if decision.classification is not None:
+            if decision.classification is not None and decision.cause == "failure":
                 uid = str(meta.get("uid") or "")
                 metrics.count_failure(uid, decision.classification.reason.value)
-            await delete_deployment(
-                kube,
-                namespace,
-                name,
-                cause=decision.cause,
-                detail=decision.message,
-                tombstones=self._tombstones,
-            )
+            if decision.action is Action.STOP:
+                assert decision.record is not None
+                await stop_deployment(kube, pod, decision.record)
+            else:
+                await delete_deployment(
+                    kube,
+                    namespace,
+                    name,
+                    cause=decision.cause,
+                    detail=decision.message,
+                    server=decision.action is Action.DELETE,
+                )
             done.append((namespace, name, decision))
         for phase, count in phases.items():
             metrics.DEPLOYMENTS.labels(phase).set(count)
+        metrics.UNHEALTHY_SERVERS.set(unhealthy)
         return done
 
     async def run(self) -> None:
-        """Sweep forever; errors are logged and the next sweep tries again."""
+        """Sweep every interval while ``may_sweep()``; an API error skips to the next sweep
+        (anything else ends the loop, for its supervisor to log and restart)."""
         from nim_agent.kube import KubeError
 
         while True:
             await asyncio.sleep(self._interval)
+            if not self._may_sweep():
+                continue
             try:
                 await self.sweep()
             except KubeError as exc:

@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import secrets as _secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -224,6 +225,25 @@ def namespace_for(nim: NIM, execution_namespace: str | None, settings: Connector
                 "namespace",
                 f"{show(nim.namespace)} is not allowed by the connector (allowed besides the "
                 f"execution's own, {show(default)}: {allowed}); leave namespace unset",
+            )
+        ]
+    )
+
+
+def _check_service_account(nim: NIM, settings: ConnectorSettings) -> None:
+    """A server runs under the namespace's default ServiceAccount unless the operator allows
+    the one a task names: the connector creates the pod, so a task must not borrow another
+    workload's identity (and its API or cloud permissions) through it."""
+    account = nim.service_account or "default"
+    if settings.service_account_allowed(account):
+        return
+    allowed = ", ".join(settings.service_accounts) or "none"
+    raise ConfigError(
+        [
+            Problem(
+                "service_account",
+                f"{show(account)} is not allowed by the connector (allowed: {allowed}; the "
+                "operator's setting service_accounts); leave service_account unset",
             )
         ]
     )
@@ -446,14 +466,25 @@ def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
 
 
 def render_pod(
-    nim: NIM, identity: DeploymentIdentity, settings: ConnectorSettings | None = None
+    nim: NIM,
+    identity: DeploymentIdentity,
+    settings: ConnectorSettings | None = None,
+    *,
+    ttl: timedelta | None = None,
 ) -> dict[str, Any]:
     """The NIM Pod: restricted security context, requests = limits, probes, secrets by ref.
 
     restartPolicy is Always: a crashing server restarts, and its growing restartCount is what
-    status classification reads to fail a crash loop.
+    status classification reads to fail a crash loop. ``activeDeadlineSeconds`` is the ttl
+    (default: the settings' ``default_ttl``): the kubelet stops the server then even when no
+    connector is running (a pod may lower it later, never raise it: nim-agent lowers it to stop
+    a server). The ServiceAccount must be one the settings allow.
     """
+    settings = settings or ConnectorSettings()
+    _check_service_account(nim, settings)
+    deadline = ttl if ttl is not None else settings.default_ttl
     spec = {
+        "activeDeadlineSeconds": max(1, math.ceil(deadline.total_seconds())),
         "restartPolicy": "Always",
         "enableServiceLinks": False,
         "automountServiceAccountToken": None if nim.service_account else False,
@@ -464,7 +495,7 @@ def render_pod(
             "fsGroup": NIM_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        **pod_spec_parts(nim, settings or ConnectorSettings()),
+        **pod_spec_parts(nim, settings),
     }
     annotations = {**_users(nim.annotations), **_our_annotations(nim, identity)}
     pod = {
@@ -482,16 +513,16 @@ def render_pod(
 
 
 def render_service(
-    nim: NIM, identity: DeploymentIdentity, pod_uid: str | None = None
+    nim: NIM,
+    identity: DeploymentIdentity,
+    pod_uid: str | None = None,
+    settings: ConnectorSettings | None = None,
 ) -> dict[str, Any]:
     """The Service of the deployment `nim` + `identity` (see `service_for_pod`).
 
     With `pod_uid` it is owned by the Pod, so deleting the Pod deletes it.
     """
-    pod = render_pod(nim, identity)
-    if pod_uid is not None:
-        pod["metadata"]["uid"] = pod_uid
-    return service_for_pod(pod)
+    return render(nim, identity, settings, pod_uid)[1]
 
 
 def service_for_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -560,7 +591,9 @@ def render(
     pod_uid: str | None = None,
 ) -> list[dict[str, Any]]:
     """Everything the connector creates for one deployment, in creation order: Pod, Service."""
-    return [render_pod(nim, identity, settings), render_service(nim, identity, pod_uid)]
+    pod = render_pod(nim, identity, settings)
+    owner = {**pod, "metadata": {**pod["metadata"], "uid": pod_uid}} if pod_uid else pod
+    return [pod, service_for_pod(owner)]
 
 
 # --------------------------------------------------------------------------- YAML

@@ -66,6 +66,9 @@ class StatusPolicy:
     image_pull_grace: timedelta = timedelta(minutes=2)
     #: CreateContainerError / RunContainerError is tolerated this long (runtime timeouts).
     container_error_grace: timedelta = timedelta(minutes=2)
+    #: A server that has served (or passed its startup probe) and then stays unready this long
+    #: is stopped; before that it is reported, never failed.
+    unhealthy_window: timedelta = timedelta(minutes=30)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,7 +86,15 @@ class ConnectorSettings:
     max_ttl: timedelta | None = None
     """Longest ttl a task may ask for; None: no limit."""
     keep_failed: bool = False
-    """Keep failed pods (for inspection, until their ttl) instead of deleting them."""
+    """Leave failed servers running (for inspection, until their ttl) instead of stopping them."""
+    unhealthy_window: timedelta = timedelta(minutes=30)
+    """How long a server that has served may stay unready before nim-agent stops it (a busy NIM
+    misses readiness probes; one unready moment never removes a server a workflow uses)."""
+    stopped_retention: timedelta = timedelta(hours=1)
+    """How long a stopped server's pod is kept (its containers ended, no GPU held) so that GetTask
+    keeps answering its verdict and its logs can be read; then it is deleted."""
+    service_accounts: tuple[str, ...] = ("default",)
+    """ServiceAccounts a `NIM(service_account=...)` may run its server under; "*" = any."""
     unschedulable_timeout: timedelta = timedelta(minutes=15)
     """How long a pod may stay unschedulable before the task fails."""
     crashloop_restart_threshold: int = 3
@@ -97,7 +108,17 @@ class ConnectorSettings:
     watch_namespaces: tuple[str, ...] = ()
     """Namespaces whose NIM pods the watch cache follows; empty: all (needs a ClusterRole)."""
     reap_interval: timedelta = timedelta(seconds=30)
-    """How often expired and failed deployments are looked for and deleted."""
+    """How often expired, failed and unhealthy deployments are looked for and stopped."""
+    leader_election: bool = True
+    """Run the cleanup sweep only on the holder of a coordination.k8s.io Lease (any number of
+    replicas answer GetTask; one sweeps). False: every process sweeps (a single local server)."""
+    lease_namespace: str | None = None
+    """Namespace of that Lease; None: the connector pod's own (POD_NAMESPACE), else "default"."""
+    lease_name: str = "nim-agent-reaper"
+    """Name of that Lease."""
+    lease_duration: timedelta = timedelta(seconds=15)
+    """How long a Lease holder that stops renewing keeps it: the longest pause in cleanup when
+    the holder dies (client-go's default)."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -125,6 +146,12 @@ class ConnectorSettings:
                 add("allowed_namespaces", check_dns_label(ns))
         for ns in self.watch_namespaces:
             add("watch_namespaces", check_dns_label(ns))
+        for account in self.service_accounts:
+            if account != "*":
+                add("service_accounts", check_dns_subdomain(account))
+        if self.lease_namespace is not None:
+            add("lease_namespace", check_dns_label(self.lease_namespace))
+        add("lease_name", check_dns_subdomain(self.lease_name))
         if (
             isinstance(self.max_ttl, timedelta)
             and isinstance(self.default_ttl, timedelta)
@@ -150,7 +177,12 @@ class ConnectorSettings:
         return StatusPolicy(
             crashloop_restart_threshold=self.crashloop_restart_threshold,
             unschedulable_timeout=self.unschedulable_timeout,
+            unhealthy_window=self.unhealthy_window,
         )
+
+    def service_account_allowed(self, account: str) -> bool:
+        """Whether a NIM may run its server under ServiceAccount `account`."""
+        return "*" in self.service_accounts or account in self.service_accounts
 
     def namespace_allowed(self, namespace: str) -> bool:
         """Whether a NIM may ask for `namespace` (beyond the execution's own)."""

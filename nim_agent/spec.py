@@ -69,11 +69,14 @@ class NIMTaskSpec:
     """What a "nim" task asks for: the deployment and how long it may live."""
 
     nim: NIM
-    ttl: timedelta
+    ttl: timedelta | None  # None: the connector's default_ttl
 
 
-def check_ttl(ttl: object) -> timedelta:
-    """`ttl` if it is a positive timedelta, else ConfigError naming ttl."""
+def check_ttl(ttl: object) -> timedelta | None:
+    """`ttl` if it is None (the connector's default) or a positive timedelta, else ConfigError
+    naming ttl."""
+    if ttl is None:
+        return None
     if not isinstance(ttl, timedelta) or ttl <= timedelta(0):
         raise ConfigError(
             [
@@ -99,10 +102,12 @@ def _check_schema_version(version: object) -> None:
         )
 
 
-def to_proto(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> nim_pb2.NIMTaskConfig:
-    """The task config message for `nim` living `ttl`."""
+def to_proto(nim: NIM, ttl: timedelta | None = None) -> nim_pb2.NIMTaskConfig:
+    """The task config message for `nim` living `ttl` (None: the connector's default_ttl)."""
     msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION)
-    msg.ttl.FromTimedelta(check_ttl(ttl))
+    checked = check_ttl(ttl)
+    if checked is not None:
+        msg.ttl.FromTimedelta(checked)
     m = msg.nim
     s = nim.secrets
     m.secrets.ngc_image_secret = s.ngc_image_secret
@@ -166,7 +171,7 @@ def from_proto(msg: nim_pb2.NIMTaskConfig) -> NIMTaskSpec:
     if m.HasField("affinity"):
         kwargs["affinity"] = _whole_numbers(json_format.MessageToDict(m.affinity))
     nim = NIM.from_dict({"secrets": secrets, **kwargs})  # reports every problem together
-    ttl = msg.ttl.ToTimedelta() if msg.HasField("ttl") else DEFAULT_TTL
+    ttl = msg.ttl.ToTimedelta() if msg.HasField("ttl") else None
     return NIMTaskSpec(nim=nim, ttl=ttl)
 
 
@@ -181,7 +186,7 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-def to_custom(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> dict[str, Any]:
+def to_custom(nim: NIM, ttl: timedelta | None = None) -> dict[str, Any]:
     """`TaskTemplate.custom` for a "nim" task: the config message as JSON (field names kept)."""
     return json_format.MessageToDict(to_proto(nim, ttl), preserving_proto_field_name=True)
 

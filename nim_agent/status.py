@@ -28,18 +28,28 @@ rule                 pod state                           phase                  
 ===================  ==================================  =====================  ====================
 (no pod)             gone, deleted by nim-agent itself   FAILED                 PodDeleted
 (no pod)             gone, deleted by someone else       RETRYABLE_FAILED       PodDeleted
+_stopped_by_us       nim-agent stopped it: the verdict   as recorded:           Unhealthy,
+                     it recorded then (`StopRecord`)     SUCCEEDED, FAILED or   TtlExpired, ...
+                                                         RETRYABLE_FAILED
 _deleted_by_us       being deleted by nim-agent itself   FAILED                 PodDeleted
 _disrupted           DisruptionTarget condition, or      RETRYABLE_FAILED       Preempted, Evicted,
                      being deleted by someone else                              NodeLost, PodDeleted
 _pod_failed          phase Failed: Evicted, node gone,   RETRYABLE_FAILED       Evicted, NodeLost,
                      kubelet admission rejected                                 AdmissionRejected
                      (OutOf*, UnexpectedAdmission)
+_pod_failed          phase Failed, DeadlineExceeded (the SUCCEEDED if it had      TtlExpired
+                     kubelet's ttl backstop, no          served, else FAILED
+                     connector running)
 _pod_failed          phase Failed: a container or an     FAILED                 OOMKilled, ...
                      init container failed
 _pod_succeeded       phase Succeeded (server exited 0)   FAILED                 ServerExited
 _node_lost           phase Unknown, reason NodeLost,     RETRYABLE_FAILED       NodeLost
                      NodeNotReady
 _ready               Ready condition True                SUCCEEDED              Ready
+_interrupted         has served (`served-at`), unready   SUCCEEDED              ServingInterrupted
+                     now (probe misses, restarts): the
+                     reaper stops it after the
+                     unhealthy window
 _unscheduled         no node: scheduling gated           WAITING_FOR_RESOURCES  SchedulingGated
 _unscheduled         no node: Unschedulable (until the   WAITING_FOR_RESOURCES  Unschedulable
                      timeout)
@@ -68,6 +78,8 @@ _containers_failing  restartCount >= crashloop_restart_  FAILED                 
                      threshold
 _nim_running         server restarting below the         RUNNING                Restarting
                      threshold
+_nim_running         started (its startup probe passed), RUNNING                NotReady
+                     not ready: no startup window
 _nim_running         server running, not ready, past     FAILED                 StartupTimeout
                      `startup_timeout`
 _nim_running         server running, not ready           RUNNING                LoadingModel
@@ -91,7 +103,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from nim_agent.contract import format_duration
+from nim_agent.contract import format_duration, format_time
 from nim_agent.podfacts import (
     ContainerFacts,
     EventFacts,
@@ -112,6 +124,7 @@ __all__ = [
     "flyte_phase",
     "is_terminal",
     "policy_for",
+    "unhealthy_for",
 ]
 
 
@@ -152,6 +165,10 @@ class Reason(enum.StrEnum):
     STARTUP_TIMEOUT = "StartupTimeout"
     INIT_CONTAINER_FAILED = "InitContainerFailed"
     SERVER_EXITED = "ServerExited"
+    SERVING_INTERRUPTED = "ServingInterrupted"  # SUCCEEDED: served, unready now
+    NOT_READY = "NotReady"  # RUNNING: passed its startup probe, not ready (yet or again)
+    TTL_EXPIRED = "TtlExpired"
+    UNHEALTHY = "Unhealthy"  # stopped: unready past the unhealthy window
     # FAILED when nim-agent deleted the pod, RETRYABLE_FAILED otherwise
     POD_DELETED = "PodDeleted"
     # RETRYABLE_FAILED
@@ -256,6 +273,18 @@ def _retryable(reason: Reason, message: str) -> _Verdict:
     return _Verdict(Phase.RETRYABLE_FAILED, reason, f"{message}; Flyte may retry with a new pod.")
 
 
+def _stopped_by_us(ctx: _Context) -> _Verdict | None:
+    """nim-agent stopped the server and wrote down its verdict: answer that, always."""
+    record = ctx.pod.stopped
+    if record is None:
+        return None
+    phase = Phase.__members__.get(record.phase, Phase.FAILED)
+    if not is_terminal(phase):  # never written so; a hand-edited record reads as a failure
+        phase = Phase.FAILED
+    reason = Reason(record.reason) if record.reason in Reason._value2member_map_ else Reason.UNKNOWN
+    return _Verdict(phase, reason, record.message)
+
+
 def _deleted_by_us(ctx: _Context) -> _Verdict | None:
     if ctx.deletion_cause is None:
         return None
@@ -343,6 +372,22 @@ def _pod_failed(ctx: _Context) -> _Verdict | None:
         return _retryable(
             Reason.ADMISSION_REJECTED, f"The kubelet{where} rejected the NIM pod ({reason}){detail}"
         )
+    if reason == "DeadlineExceeded":
+        # The kubelet enforced spec.activeDeadlineSeconds, the ttl's backstop, with no record
+        # of nim-agent's: no connector was running when the ttl passed.
+        if pod.served_at is not None:
+            return _Verdict(
+                Phase.SUCCEEDED,
+                Reason.TTL_EXPIRED,
+                f"The NIM server at {ctx.endpoint} served from {format_time(pod.served_at)} and "
+                f"was stopped by the kubelet at its ttl (activeDeadlineSeconds){where}.",
+            )
+        return _Verdict(
+            Phase.FAILED,
+            Reason.TTL_EXPIRED,
+            f"The NIM server's ttl passed before it was ready: the kubelet stopped it "
+            f"(activeDeadlineSeconds){where}. Raise ttl if the model needs longer to load.",
+        )
     verdict = _init_failure(ctx, final=True) or _container_failure(ctx, final=True)
     if verdict:
         return verdict
@@ -401,6 +446,44 @@ def _ready(ctx: _Context) -> _Verdict | None:
     return _Verdict(
         Phase.SUCCEEDED, Reason.READY, f"NIM server ready at {ctx.endpoint}{took}{note}."
     )
+
+
+def _interrupted(ctx: _Context) -> _Verdict | None:
+    """A server that has served and is unready now (a busy NIM misses readiness probes, a
+    restart reloads the model): still the task's server. Reported, never failed here; the
+    reaper stops it only after the unhealthy window."""
+    pod = ctx.pod
+    if pod.served_at is None:
+        return None
+    since = pod.unready_since
+    unready = f" for {_ago(pod.since(since))}" if since else ""
+    main = pod.nim
+    why = ""
+    if main is not None and main.running_since is None and main.latest_termination:
+        why = f"; container {main.name} exited with {main.latest_termination.describe()}"
+        why += f" (restart {main.restart_count})"
+    else:
+        probe = pod.last_event("Unhealthy", container=main) if main else None
+        why = f"; last probe: {probe.message}" if probe else ""
+    return _Verdict(
+        Phase.SUCCEEDED,
+        Reason.SERVING_INTERRUPTED,
+        f"The NIM server at {ctx.endpoint} has served since {format_time(pod.served_at)}; not "
+        f"ready{unready}{why}. nim-agent stops it after "
+        f"{_ago(ctx.policy.unhealthy_window)} unready.",
+    )
+
+
+def unhealthy_for(pod: PodFacts) -> timedelta | None:
+    """How long a server that has served or passed its startup probe has been unready; None
+    when it is ready, has never started, or its pod has ended."""
+    if pod.phase in ("Failed", "Succeeded") or pod.deleting is not None:
+        return None
+    main = pod.nim
+    passed_startup = pod.served_at is not None or (main is not None and main.started)
+    if not passed_startup or pod.condition("Ready")[0] == "True":
+        return None
+    return pod.since(pod.unready_since or pod.served_at)
 
 
 def _unscheduled(ctx: _Context) -> _Verdict | None:
@@ -535,19 +618,17 @@ def _init_containers(ctx: _Context) -> _Verdict | None:
     return None
 
 
-# Registry answers that retrying will not change (lower-cased substrings of the kubelet message).
-_PERMANENT_PULL_ERRORS = (
-    "not found",
-    "manifest unknown",
-    "unauthorized",
-    "authentication required",
-    "denied",
-    "forbidden",
-    "invalid reference format",
-    "repository does not exist",
-    "401",
-    "403",
-    "404",
+# Registry answers that retrying will not change, in the words of the runtime's error (the CRI's
+# gRPC code, the registry's HTTP status line, the distribution spec's error codes). Matched as
+# whole phrases: a bare "404" inside an image digest or a host name is not a verdict.
+_PERMANENT_PULL_ERROR = re.compile(
+    r"code = NotFound"  # containerd: the reference does not resolve (no such tag/repository)
+    r"|\b40[134] (Unauthorized|Forbidden|Not Found)\b"  # the registry's status line
+    r"|manifest unknown|manifest for \S+ not found|name unknown"
+    r"|pull access denied|repository does not exist|insufficient_scope|\bdenied: "
+    r"|authentication required|invalid reference format"
+    r"|: not found\s*$",  # containerd: `failed to resolve reference "<ref>": <ref>: not found`
+    re.IGNORECASE,
 )
 _PULL_WAITING = frozenset(
     {"ErrImagePull", "ImagePullBackOff", "RegistryUnavailable", "ImageInspectError"}
@@ -617,9 +698,7 @@ def _pull_error(ctx: _Context, container: ContainerFacts) -> _Verdict:
         f"{registry or 'no message'}{secret_note}. Check the image name and tag, and that "
         "ngc_image_secret names a docker-registry Secret with access to the registry."
     )
-    permanent = waiting in _PULL_PERMANENT_WAITING or any(
-        marker in registry.lower() for marker in _PERMANENT_PULL_ERRORS
-    )
+    permanent = waiting in _PULL_PERMANENT_WAITING or bool(_PERMANENT_PULL_ERROR.search(registry))
     failing = pod.since(pod.failing_since(container))
     grace = ctx.policy.image_pull_grace
     if permanent or (failing is not None and failing >= grace):
@@ -708,6 +787,17 @@ def _nim_running(ctx: _Context) -> _Verdict | None:
         return None
     running = pod.since(main.running_since)
     timeout = ctx.policy.startup_timeout
+    if main.started:
+        # The startup probe passed: the startup window is over for this container.
+        since = pod.unready_since
+        probe = pod.last_event("Unhealthy", container=main)
+        detail = f"; last probe: {probe.message}" if probe else ""
+        return _Verdict(
+            Phase.RUNNING,
+            Reason.NOT_READY,
+            f"The NIM server started (startup probe passed) but is not ready"
+            f"{f' for {_ago(pod.since(since))}' if since else ''}{detail}.",
+        )
     if running is not None and running >= timeout:
         probe = pod.last_event("Unhealthy", container=main)
         detail = f"; last probe: {probe.message}" if probe else ""
@@ -789,12 +879,14 @@ def _fallback(ctx: _Context) -> _Verdict:
 _Rule = Callable[[_Context], _Verdict | None]
 
 _RULES: tuple[_Rule, ...] = (
+    _stopped_by_us,
     _deleted_by_us,
     _disrupted,
     _pod_failed,
     _pod_succeeded,
     _node_lost,
     _ready,
+    _interrupted,
     _unscheduled,
     _init_containers,
     _containers_failing,

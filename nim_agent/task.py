@@ -20,9 +20,9 @@ from flytekit.extend.backend.base_connector import (
     SyncConnectorExecutorMixin,
 )
 
-from nim_agent.checks import ConfigError, Problem
+from nim_agent.checks import ConfigError, Problem, closest
 from nim_agent.config import NIM
-from nim_agent.spec import DEFAULT_TTL, TASK_TYPE, TEARDOWN_TASK_TYPE, check_ttl, to_custom
+from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, check_ttl, to_custom
 
 __all__ = ["NIMTask", "NIMTeardownTask"]
 
@@ -31,7 +31,9 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
     """A Flyte task that deploys a NIM server and outputs its in-cluster URL as `endpoint`.
 
     After success the server keeps running for the steps that follow, until `ttl` has passed
-    (the connector deletes it then) or the execution is aborted.
+    (the connector stops it then; unset: the connector's `default_ttl`, 2h unless the operator
+    changed it) or the execution is aborted. Other keyword arguments go to flytekit's task base
+    (e.g. `metadata=TaskMetadata(retries=2)`, `docs=...`); an unknown one is refused, naming it.
 
     Example::
 
@@ -43,7 +45,8 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
             return ask(endpoint=endpoint, question=question)
     """
 
-    def __init__(self, name: str, nim: NIM, ttl: timedelta = DEFAULT_TTL, **kwargs: Any) -> None:
+    def __init__(self, name: str, nim: NIM, ttl: timedelta | None = None, **kwargs: Any) -> None:
+        _check_task_kwargs("NIMTask", kwargs, ("name", "nim", "ttl"))
         if not isinstance(nim, NIM):
             raise ConfigError([Problem("nim", f"{type(nim).__name__} given; use NIM(...)")])
         if nim.download_inputs:
@@ -72,8 +75,8 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
         return self._nim
 
     @property
-    def ttl(self) -> timedelta:
-        """How long the deployment may live."""
+    def ttl(self) -> timedelta | None:
+        """How long the deployment may live (None: the connector's default_ttl)."""
         return self._ttl
 
     def get_custom(self, settings: SerializationSettings) -> dict[str, Any]:
@@ -91,8 +94,9 @@ class NIMTeardownTask(SyncConnectorExecutorMixin, PythonTask):  # type: ignore[m
     """A Flyte task that removes a NIM deployment as soon as the workflow is done with it.
 
     Its input is the `endpoint` a NIMTask returned; the connector deletes that deployment's Pod
-    and Service (only deployments nim-agent made; one already gone is success). Without it the
-    server lives until its ttl.
+    and Service: only deployments nim-agent made, of the same Flyte project and domain as this
+    task (`force=True` lifts that, logged); one already gone is success. Without it the server
+    lives until its ttl.
 
     Example::
 
@@ -106,7 +110,11 @@ class NIMTeardownTask(SyncConnectorExecutorMixin, PythonTask):  # type: ignore[m
             return answer
     """
 
-    def __init__(self, name: str, **kwargs: Any) -> None:
+    def __init__(self, name: str, force: bool = False, **kwargs: Any) -> None:
+        _check_task_kwargs("NIMTeardownTask", kwargs, ("name", "force"))
+        if not isinstance(force, bool):
+            raise ConfigError([Problem("force", f"{force!r} is not True or False")])
+        self._force = force
         super().__init__(
             task_type=TEARDOWN_TASK_TYPE,
             name=name,
@@ -114,8 +122,40 @@ class NIMTeardownTask(SyncConnectorExecutorMixin, PythonTask):  # type: ignore[m
             **kwargs,
         )
 
+    def get_custom(self, settings: SerializationSettings) -> dict[str, Any]:
+        """``{"force": true}`` when forced: the connector then tears down a deployment of
+        another Flyte project or domain too (and logs it)."""
+        return {"force": True} if self._force else {}
+
     def execute(self, **kwargs: Any) -> Any:
         """Local run (`pyflyte run`): the mixin calls the teardown connector in-process."""
         import nim_agent.connector  # noqa: F401  registers the connectors with flytekit
 
         return super().execute(**kwargs)
+
+
+# What flytekit's task base takes, besides what the task types set themselves: PythonTask's own
+# keywords and those it passes on to Task (flytekit 1.16).
+_FLYTEKIT_TASK_KWARGS = (
+    "environment",
+    "disable_deck",
+    "enable_deck",
+    "deck_fields",
+    "metadata",
+    "task_type_version",
+    "security_ctx",
+    "docs",
+)
+
+
+def _check_task_kwargs(cls: str, kwargs: dict[str, Any], own: tuple[str, ...]) -> None:
+    """Refuse keywords flytekit's task base would not use (a typo such as `tll=` would
+    otherwise be dropped silently), naming each and the closest valid one."""
+    valid = (*own, *_FLYTEKIT_TASK_KWARGS)
+    problems = [
+        Problem(key, f"is not a parameter of {cls}{closest(key, valid)}")
+        for key in kwargs
+        if key not in _FLYTEKIT_TASK_KWARGS
+    ]
+    if problems:
+        raise ConfigError(problems, f"the {cls} arguments")

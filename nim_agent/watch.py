@@ -21,9 +21,12 @@ directly, so a stale cache never hides a pod's real state for long.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from typing import Any
 
 from nim_agent import metrics
 from nim_agent.kube import Gone, Json, Kube, KubeError, PermanentKubeError
@@ -31,6 +34,9 @@ from nim_agent.kube import Gone, Json, Kube, KubeError, PermanentKubeError
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+# How background loops are started: ``spawn(loop_function, name) -> task`` (the runtime's
+# supervisor, `nim_agent.runtime.supervised`).
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]], str], "asyncio.Task[None]"]
 PERMANENT_ERROR_RETRY = 60.0  # seconds between watch attempts the API server refuses (RBAC)
 
 
@@ -72,12 +78,18 @@ class PodCache:
         namespaces: Sequence[str] | None = None,
         watch_timeout_seconds: int = 300,
         on_event: Callable[[str, Json], None] | None = None,
+        on_change: Callable[[Json | None, Json | None], None] | None = None,
     ) -> None:
         self._kube = kube
         self._selector = label_selector
         self._scopes: list[str | None] = list(namespaces) if namespaces else [None]
         self._watch_timeout = watch_timeout_seconds
         self._on_event = on_event
+        self._on_change = on_change
+        # Since when each scope's cache has not been fresh (monotonic clock; None: fresh).
+        self._stale_since: dict[str | None, float | None] = dict.fromkeys(
+            self._scopes, time.monotonic()
+        )
         self._pods: dict[Key, Json] = {}
         self._fresh: dict[str | None, bool] = dict.fromkeys(self._scopes, False)
         self._synced: dict[str | None, asyncio.Event] = {s: asyncio.Event() for s in self._scopes}
@@ -120,14 +132,29 @@ class PodCache:
             await self._changed.wait_for(lambda: predicate(self._pods.get((namespace, name))))
             return self._pods.get((namespace, name))
 
+    def stale_for(self) -> float:
+        """Seconds for which some scope has not been fresh (0 when every watch is up)."""
+        now = time.monotonic()
+        return max((now - t for t in self._stale_since.values() if t is not None), default=0.0)
+
     # -- running --------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start one list+watch loop per scope on the running event loop."""
+    def start(self, spawn: Spawn) -> None:
+        """Start one list+watch loop per scope, through ``spawn(loop, name)`` (the runtime's
+        supervisor, which restarts a loop that fails)."""
         if self._tasks:
             return
         for scope in self._scopes:
-            self._tasks.append(asyncio.create_task(self._run(scope), name=f"pod-watch:{scope}"))
+            self._tasks.append(
+                spawn(functools.partial(self._run, scope), f"pod-watch:{scope or 'all'}")
+            )
+
+    def _set_fresh(self, scope: str | None, fresh: bool) -> None:
+        self._fresh[scope] = fresh
+        if fresh:
+            self._stale_since[scope] = None
+        elif self._stale_since.get(scope) is None:
+            self._stale_since[scope] = time.monotonic()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -141,6 +168,7 @@ class PodCache:
 
     async def _apply(self, kind: str, pod: Json) -> None:
         key = _key(pod)
+        old = self._pods.get(key)
         if kind == "DELETED":
             self._pods.pop(key, None)
         else:
@@ -150,6 +178,8 @@ class PodCache:
             self._pods[key] = pod
         if self._on_event is not None:
             self._on_event(kind, pod)
+        if self._on_change is not None:
+            self._on_change(old, None if kind == "DELETED" else pod)
         async with self._changed:
             self._changed.notify_all()
 
@@ -179,7 +209,7 @@ class PodCache:
                     timeout_seconds=self._watch_timeout,
                 )
                 # Connected: events missed while down are replayed from resource_version.
-                self._fresh[scope] = True
+                self._set_fresh(scope, True)
                 self._synced[scope].set()
                 backoff.reset()
                 try:
@@ -192,18 +222,18 @@ class PodCache:
                     stream.close()
                 metrics.WATCH_RESTARTS.labels("timeout").inc()  # the server closed the stream
             except asyncio.CancelledError:
-                self._fresh[scope] = False
+                self._set_fresh(scope, False)
                 raise
             except Gone:
                 # Events were missed: until the relist is in, lookups go to the API server.
-                self._fresh[scope] = False
+                self._set_fresh(scope, False)
                 log.info("pod watch (%s): resourceVersion expired; listing again", scope or "all")
                 metrics.WATCH_RESTARTS.labels("expired").inc()
                 resource_version = None
             except (KubeError, ValueError) as exc:
                 # ValueError: a malformed line in the stream. Either way, the cache may have
                 # missed events: mark it stale until the watch is back.
-                self._fresh[scope] = False
+                self._set_fresh(scope, False)
                 metrics.WATCH_RESTARTS.labels("error").inc()
                 delay = backoff.next_delay()
                 if isinstance(exc, PermanentKubeError):

@@ -15,7 +15,7 @@ from google.protobuf import json_format
 
 from nim_agent._proto import nim_pb2
 from nim_agent.config import NIM, ConfigError, NIMSecrets
-from nim_agent.spec import DEFAULT_TTL, from_custom, from_proto, to_custom, to_proto
+from nim_agent.spec import from_custom, from_proto, to_custom, to_proto
 from tests.configs import everything
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,10 +86,11 @@ def test_every_nim_field_has_a_proto_field() -> None:
 
 
 def test_the_custom_carries_the_schema_version_and_readable_field_names() -> None:
-    custom = to_custom(everything())
+    custom = to_custom(everything(), timedelta(hours=2))
     assert custom["schema_version"] == 1
     assert custom["nim"]["shm_size"] == "8Gi"
     assert custom["ttl"] == "7200s"
+    assert "ttl" not in to_custom(everything())  # unset: the connector's default_ttl
 
 
 def test_absent_fields_take_the_python_defaults() -> None:
@@ -101,7 +102,7 @@ def test_absent_fields_take_the_python_defaults() -> None:
     assert spec.nim == NIM(
         secrets=NIMSecrets(ngc_image_secret="a", ngc_secret_key="b", secrets_prefix="")
     )
-    assert spec.ttl == DEFAULT_TTL
+    assert spec.ttl is None  # the connector's default_ttl applies
 
 
 def test_a_newer_schema_version_is_refused() -> None:

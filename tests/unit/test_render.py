@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -50,8 +50,12 @@ def load(case: str) -> NIM:
     return NIM.from_dict(yaml.safe_load((GOLDEN / f"{case}.config.yaml").read_text()))
 
 
+# The golden cases' operator: ServiceAccounts besides `default` allowed (pvc-cache names one).
+SETTINGS = ConnectorSettings(service_accounts=("default", "nim-reader"))
+
+
 def rendered(case: str) -> list[dict[str, Any]]:
-    return render(load(case), IDENTITY, ConnectorSettings(), pod_uid=POD_UID)
+    return render(load(case), IDENTITY, SETTINGS, pod_uid=POD_UID)
 
 
 def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -254,7 +258,11 @@ def test_the_endpoint_is_the_services_cluster_dns_name() -> None:
 
 def test_a_cache_pvc_is_refused_when_the_connector_disallows_it() -> None:
     with pytest.raises(ConfigError) as caught:
-        render_pod(load("pvc-cache"), IDENTITY, ConnectorSettings(allow_cache_pvc=False))
+        render_pod(
+            load("pvc-cache"),
+            IDENTITY,
+            ConnectorSettings(allow_cache_pvc=False, service_accounts=("*",)),
+        )
     assert caught.value.problems[0].field == "cache_pvc"
 
 
@@ -338,3 +346,38 @@ def test_the_sidecar_pod_template_has_what_the_seed_describes() -> None:
     assert init.volume_mounts[0].mount_path == "/opt/nim/lora_adapters"
     assert spec.to_dict()["containers"][0]["name"] == "nim"
     assert nim.base_url == "http://localhost:8000"
+
+
+@pytest.mark.parametrize(
+    ("allowed", "account", "ok"),
+    [
+        (("default",), None, True),
+        (("default",), "default", True),
+        (("default",), "nim-reader", False),
+        (("nim-reader",), None, False),
+        (("*",), "anything", True),
+    ],
+)
+def test_a_server_runs_only_under_a_service_account_the_operator_allows(
+    allowed: tuple[str, ...], account: str | None, ok: bool
+) -> None:
+    settings = ConnectorSettings(service_accounts=allowed)
+    nim = NIM(secrets=SECRETS, service_account=account)
+    if ok:
+        assert render_pod(nim, IDENTITY, settings)["spec"].get("serviceAccountName") == account
+        return
+    with pytest.raises(ConfigError) as caught:
+        render_pod(nim, IDENTITY, settings)
+    assert caught.value.problems[0].field == "service_account"
+    assert "service_accounts" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "seconds"),
+    [(None, 7200), (timedelta(minutes=45), 2700), (timedelta(seconds=0.2), 1)],
+)
+def test_the_kubelet_enforces_the_ttl_as_active_deadline_seconds(
+    ttl: timedelta | None, seconds: int
+) -> None:
+    pod = render_pod(NIM(secrets=SECRETS), IDENTITY, ConnectorSettings(), ttl=ttl)
+    assert pod["spec"]["activeDeadlineSeconds"] == seconds

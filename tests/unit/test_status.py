@@ -73,8 +73,9 @@ def container(
     last: dict[str, Any] | None = None,
     restarts: int = 0,
     ready: bool = False,
+    started: bool | None = None,
 ) -> dict[str, Any]:
-    return {
+    status = {
         "name": name,
         "image": IMAGE if name == "nim" else "ghcr.io/example/lora-downloader:1",
         "state": state if state is not None else waiting("ContainerCreating"),
@@ -82,6 +83,9 @@ def container(
         "restartCount": restarts,
         "ready": ready,
     }
+    if started is not None:
+        status["started"] = started
+    return status
 
 
 def cond(
@@ -190,6 +194,33 @@ def ready_pod(ready_at: float = 100) -> dict[str, Any]:
             cond("Initialized", "True", 6),
             cond("ContainersReady", "True", ready_at),
             cond("Ready", "True", ready_at),
+        ],
+    )
+
+
+def annotated(pod: dict[str, Any], **annotations: str) -> dict[str, Any]:
+    """`pod` with nim-agent's annotations: served_at="...", stopped="..." (keys without prefix)."""
+    keys = {"served_at": "nim-agent.dev/served-at", "stopped": "nim-agent.dev/stopped"}
+    pod["metadata"]["annotations"] = {keys[k]: v for k, v in annotations.items()}
+    return pod
+
+
+def stopped(phase: str, reason: str, message: str, cause: str = "failure") -> str:
+    return json.dumps(
+        {"cause": cause, "at": ts(300), "phase": phase, "reason": reason, "message": message}
+    )
+
+
+def unready_after_serving(*main: dict[str, Any]) -> dict[str, Any]:
+    """A pod Ready at 100 s, unready again since 2,000 s."""
+    return make_pod(
+        *main,
+        phase="Running",
+        conditions=[
+            cond("PodScheduled", "True", 5),
+            cond("Initialized", "True", 6),
+            cond("ContainersReady", "False", 2000),
+            cond("Ready", "False", 2000, "ContainersNotReady"),
         ],
     )
 
@@ -952,6 +983,154 @@ CASES = [
         Case(None, Phase.RETRYABLE_FAILED, Reason.POD_DELETED, has=["no longer exists"]),
         id="a pod that vanished without nim-agent deleting it is retryable",
     ),
+    # --- after serving: a server a workflow may be using is reported, never failed
+    pytest.param(
+        Case(
+            annotated(
+                unready_after_serving(container(state=running(20), started=True)),
+                served_at=ts(100),
+            ),
+            Phase.SUCCEEDED,
+            Reason.SERVING_INTERRUPTED,
+            has=["has served since", "not ready for 10m", "last probe: Readiness probe failed"],
+            lacks=["Startup window"],
+            events=[event("Unhealthy", "Readiness probe failed: HTTP 503", 2590, container="nim")],
+            now=2600,
+        ),
+        id="a readiness blip after 44 minutes of serving keeps the task succeeded",
+    ),
+    pytest.param(
+        Case(
+            annotated(
+                unready_after_serving(
+                    container(
+                        state=waiting("CrashLoopBackOff", "back-off 40s"),
+                        last=terminated(1, at=2500),
+                        restarts=5,
+                        started=False,
+                    )
+                ),
+                served_at=ts(100),
+            ),
+            Phase.SUCCEEDED,
+            Reason.SERVING_INTERRUPTED,
+            has=["exited with exit code 1 (Error)", "restart 5", "stops it after 30m"],
+            lacks=["crash-looping"],
+            now=2600,
+        ),
+        id="a crash loop after serving is reported, not failed, within the unhealthy window",
+    ),
+    pytest.param(
+        Case(
+            unready_after_serving(container(state=running(20), started=True)),
+            Phase.RUNNING,
+            Reason.NOT_READY,
+            has=["startup probe passed", "not ready for 10m"],
+            lacks=["Startup window"],
+            now=2600,
+        ),
+        id="a server past its startup probe is not held to the startup window",
+    ),
+    pytest.param(
+        Case(
+            annotated(
+                make_pod(container(state=running(20)), phase="Failed", reason="Evicted"),
+                stopped=stopped(
+                    "FAILED", "Unhealthy", "The NIM server was unready for 30m; stopped."
+                ),
+            ),
+            Phase.FAILED,
+            Reason.UNHEALTHY,
+            has=["unready for 30m; stopped."],
+            lacks=["evicted"],
+        ),
+        id="a server nim-agent stopped answers the verdict it recorded, whatever the pod says",
+    ),
+    pytest.param(
+        Case(
+            annotated(
+                make_pod(
+                    container(state=terminated(0, "Completed", at=3000)),
+                    phase="Failed",
+                    reason="DeadlineExceeded",
+                ),
+                stopped=stopped("SUCCEEDED", "TtlExpired", "Served; stopped at its ttl.", "ttl"),
+            ),
+            Phase.SUCCEEDED,
+            Reason.TTL_EXPIRED,
+            has=["stopped at its ttl"],
+        ),
+        id="a served server stopped at its ttl stays succeeded",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(state=terminated(137, "Error", at=3000)),
+                phase="Failed",
+                reason="DeadlineExceeded",
+                message="Pod was active on the node longer than the specified deadline",
+            ),
+            Phase.FAILED,
+            Reason.TTL_EXPIRED,
+            has=["ttl passed before it was ready", "activeDeadlineSeconds"],
+        ),
+        id="the kubelet's deadline with no connector running fails a server still loading",
+    ),
+    pytest.param(
+        Case(
+            annotated(
+                make_pod(
+                    container(state=terminated(137, "Error", at=3000)),
+                    phase="Failed",
+                    reason="DeadlineExceeded",
+                ),
+                served_at=ts(100),
+            ),
+            Phase.SUCCEEDED,
+            Reason.TTL_EXPIRED,
+            has=["served from", "stopped by the kubelet at its ttl"],
+        ),
+        id="the kubelet's deadline after serving keeps the task succeeded",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(
+                    state=waiting(
+                        "ErrImagePull",
+                        'rpc error: code = Unknown desc = failed to pull and unpack image "'
+                        'registry-401.example/nim@sha256:5012ab40404f": failed to copy: '
+                        "read tcp 10.0.0.4:51234->1.2.3.4:443: connection reset by peer",
+                    )
+                )
+            ),
+            Phase.INITIALIZING,
+            Reason.IMAGE_PULL_ERROR,
+            has=["connection reset by peer", "Retrying"],
+            now=10,
+        ),
+        id="a 401 or 404 inside a host name or digest is not a registry verdict",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(
+                    state=waiting(
+                        "ErrImagePull",
+                        'rpc error: code = Unknown desc = failed to pull and unpack image "'
+                        f'{IMAGE}": failed to resolve reference "{IMAGE}": unexpected status '
+                        "from HEAD request to https://nvcr.io/v2/nim/meta/llama3-8b-instruct/"
+                        "manifests/1.0.0: 403 Forbidden",
+                    )
+                )
+            ),
+            Phase.FAILED,
+            Reason.IMAGE_PULL_ERROR,
+            has=["403 Forbidden"],
+            now=10,
+        ),
+        id="a registry's 403 status line fails at once",
+    ),
 ]
 
 
@@ -1117,6 +1296,7 @@ def test_the_public_api_is_locked() -> None:
         "flyte_phase",
         "is_terminal",
         "policy_for",  # moved here from nim_agent.reaper: the pod's own startup window
+        "unhealthy_for",
     ]
 
 

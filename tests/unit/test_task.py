@@ -64,11 +64,13 @@ def test_the_custom_is_the_task_config_proto_and_reads_back() -> None:
     assert (spec.nim, spec.ttl) == (NIM_CONFIG, timedelta(hours=3))
 
 
-def test_the_default_ttl_is_two_hours() -> None:
-    assert NIMTask(name="tests.default-ttl", nim=NIM_CONFIG).ttl == timedelta(hours=2)
+def test_without_a_ttl_the_connector_s_default_ttl_applies() -> None:
+    task = NIMTask(name="tests.default-ttl", nim=NIM_CONFIG)
+    assert task.ttl is None
+    assert "ttl" not in task.get_custom(SerializationSettings(ImageConfig.auto_default_image()))
 
 
-@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=-1), 7200, None])
+@pytest.mark.parametrize("ttl", [timedelta(0), timedelta(seconds=-1), 7200, "2h"])
 def test_a_bad_ttl_is_a_config_error_naming_ttl(ttl: Any) -> None:
     with pytest.raises(ConfigError) as caught:
         NIMTask(name="tests.bad-ttl", nim=NIM_CONFIG, ttl=ttl)
@@ -148,3 +150,49 @@ def test_a_local_run_goes_through_the_connector_registered_for_nim(
     result = wf(question="hi")
     assert result == "http://fake.default.svc.cluster.local:8000 <- hi"
     assert [spec.nim for spec in connector.created] == [NIM_CONFIG]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field", "hint"),
+    [
+        ({"tll": timedelta(hours=1)}, "tll", "did you mean 'ttl'?"),
+        ({"retries": 2}, "retries", ""),
+        ({"metdata": None}, "metdata", "did you mean 'metadata'?"),
+    ],
+)
+def test_an_unknown_keyword_of_nim_task_is_refused_naming_it(
+    kwargs: dict[str, Any], field: str, hint: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        NIMTask(name="tests.typo", nim=NIM_CONFIG, **kwargs)
+    [problem] = caught.value.problems
+    assert problem.field == field
+    assert "is not a parameter of NIMTask" in problem.message
+    assert hint in problem.message
+
+
+def test_flytekit_task_keywords_pass_through() -> None:
+    from flytekit.core.base_task import TaskMetadata
+    from flytekit.models.documentation import Documentation
+
+    docs = Documentation(short_description="a NIM")
+    task = NIMTask(
+        name="tests.kw",
+        nim=NIM_CONFIG,
+        metadata=TaskMetadata(retries=2),
+        docs=docs,
+    )
+    assert task.metadata.retries == 2
+    assert task.docs is docs
+
+
+def test_the_teardown_task_refuses_unknown_keywords_and_carries_force() -> None:
+    from nim_agent import NIMTeardownTask
+
+    with pytest.raises(ConfigError) as caught:
+        NIMTeardownTask(name="tests.td", froce=True)
+    assert caught.value.problems[0].field == "froce"
+    assert "did you mean 'force'?" in caught.value.problems[0].message
+    settings = SerializationSettings(ImageConfig.auto_default_image())
+    assert NIMTeardownTask(name="tests.td").get_custom(settings) == {}
+    assert NIMTeardownTask(name="tests.td2", force=True).get_custom(settings) == {"force": True}
