@@ -183,10 +183,7 @@ def _serve(args: argparse.Namespace) -> int:
         add_AsyncAgentServiceServicer_to_server,
         add_SyncAgentServiceServicer_to_server,
     )
-    from flytekit.clis.sdk_in_container.serve import (
-        _start_health_check_server,
-        _start_http_server,
-    )
+    from flytekit.clis.sdk_in_container.serve import _start_http_server
     from flytekit.extend.backend.base_connector import ConnectorRegistry
     from flytekit.extend.backend.connector_service import (
         AsyncConnectorService,
@@ -211,9 +208,14 @@ def _serve(args: argparse.Namespace) -> int:
         add_AsyncAgentServiceServicer_to_server(AsyncConnectorService(), server)
         add_SyncAgentServiceServicer_to_server(SyncConnectorService(), server)
         add_AgentMetadataServiceServicer_to_server(ConnectorMetadataService(), server)
-        _start_health_check_server(server, args.workers)
+        health = await _add_health_service(server)
         server.add_insecure_port(f"[::]:{args.port}")
-        connector.start_background()
+        background = connector.start_background()
+        from nim_agent.runtime import supervised
+
+        background.tasks.append(
+            supervised(lambda: _report_health(health, background), "health-reporter")
+        )
         await server.start()
         logging.getLogger("nim_agent").info(
             "nim-agent serving task types nim, nim-teardown on :%d (metrics :%d)",
@@ -229,6 +231,50 @@ def _serve(args: argparse.Namespace) -> int:
 
     asyncio.run(run())
     return 0
+
+
+# The gRPC health service's name for "this process is sound": the chart's liveness probe asks it.
+LIVENESS_SERVICE = "nim-agent"
+
+
+async def _add_health_service(server: Any) -> Any:
+    """The standard gRPC health service, as flytekit's server registers it ("" and each
+    connector service: SERVING once started, for startup and readiness), plus
+    `LIVENESS_SERVICE`, kept up to date by `_report_health`."""
+    from flyteidl.admin import agent_pb2
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    servicer = health.aio.HealthServicer()
+    serving = health_pb2.HealthCheckResponse.SERVING
+    for service in agent_pb2.DESCRIPTOR.services_by_name.values():
+        await servicer.set(service.full_name, serving)
+    for name in (health.SERVICE_NAME, "", LIVENESS_SERVICE):
+        await servicer.set(name, serving)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    return servicer
+
+
+async def _report_health(servicer: Any, background: Any) -> None:
+    """Every 5 s, `LIVENESS_SERVICE` says whether the background work is sound (a watch that
+    cannot sync for ten minutes, or a loop failing over and over, is not); changes are logged."""
+    import asyncio
+    import logging
+
+    from grpc_health.v1 import health_pb2
+
+    was: str | None = None
+    while True:
+        problem = background.health()
+        if problem != was:
+            log = logging.getLogger("nim_agent")
+            if problem:
+                log.error("unhealthy (liveness NOT_SERVING): %s", problem)
+            elif was:
+                log.info("healthy again")
+            was = problem
+        status = health_pb2.HealthCheckResponse
+        await servicer.set(LIVENESS_SERVICE, status.NOT_SERVING if problem else status.SERVING)
+        await asyncio.sleep(5)
 
 
 # --------------------------------------------------------------------------- list

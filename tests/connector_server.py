@@ -125,6 +125,9 @@ class ConnectorServer(Process):
             **{k: v for k, v in os.environ.items() if not k.startswith("NIM_AGENT_")},
             "KUBECONFIG": str(self.kubeconfig),
             "PYTHONUNBUFFERED": "1",
+            # A cleanup Lease of its own, so that the servers of different tests never wait for
+            # each other's Lease; replicas of one deployment share theirs (set it in settings).
+            "NIM_AGENT_LEASE_NAME": f"nim-agent-test-{self.port}",
             **self.settings,
         }
         self._log = open(self.log_path, "ab")  # noqa: SIM115  closed in stop()

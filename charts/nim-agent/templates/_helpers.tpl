@@ -82,8 +82,8 @@ helm.sh/chart: {{ include "nim-agent.chart" . }}
   verbs: [get]
 - apiGroups: [""]
   resources: [services]
-  verbs: [create, get, list, delete]
+  verbs: [create, get, delete]
 - apiGroups: [""]
   resources: [events]
-  verbs: [get, list, watch]
+  verbs: [list]
 {{- end -}}
