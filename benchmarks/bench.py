@@ -360,7 +360,7 @@ class ReadyWatch:
                 self.ready_at[name] = time.monotonic()
 
     async def start(self) -> None:
-        from nim_agent.runtime import kube_for_current_loop
+        from nim_agent.runtime import kube_for_current_loop, supervised
         from nim_agent.watch import PodCache
 
         self.cache = PodCache(
@@ -369,7 +369,7 @@ class ReadyWatch:
             namespaces=[NAMESPACE],
             on_event=self._on_event,
         )
-        self.cache.start()
+        self.cache.start(supervised)
         async with asyncio.timeout(60):
             await self.cache.wait_synced()
 

@@ -194,6 +194,7 @@ kwokctl_create() {
   kwokctl \
     -c "$HERE/kwok/kwokctl.yaml" -c "$HERE/kwok/node-stages.yaml" -c "$HERE/kwok/pod-stages.yaml" \
     create cluster --runtime binary --kubeconfig "" --timeout 3m \
+    --kube-audit-policy "$HERE/kwok/audit-policy.yaml" \
     --etcd-binary "$BIN/etcd" \
     --kube-apiserver-binary "$BIN/kube-apiserver" \
     --kube-controller-manager-binary "$BIN/kube-controller-manager" \

@@ -287,10 +287,10 @@ def _add_list(subparsers: Any) -> None:
         description="List the NIM deployments nim-agent made (kubeconfig or in-cluster access).",
     )
     where = p.add_mutually_exclusive_group()
-    where.add_argument("-n", "--namespace", help="only this namespace")
     where.add_argument(
-        "-A", "--all-namespaces", action="store_true", help="every namespace (the default)"
+        "-n", "--namespace", help="this namespace (default: the kubeconfig's current namespace)"
     )
+    where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
     p.set_defaults(handler=_list)
 
 
@@ -299,52 +299,48 @@ def _list(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
     from nim_agent.contract import (
-        OWNED_BY_US,
         endpoint_of,
         expires_at,
         format_duration,
         parse_time,
+        stop_record,
     )
-    from nim_agent.kube import Kube, KubeError
+    from nim_agent.kube import KubeError
     from nim_agent.status import classify, policy_for
 
     settings = _load_settings()
-
-    async def fetch() -> list[Any]:
-        kube = await Kube.connect()
-        try:
-            pods, _ = await kube.list_pods(args.namespace, label_selector=OWNED_BY_US)
-        finally:
-            await kube.close()
-        return pods
-
     try:
-        pods = asyncio.run(fetch())
+        namespace = None if args.all_namespaces else _namespace(args.namespace)
+        pods = asyncio.run(_our_pods(namespace))
     except KubeError as exc:
         print(f"nim-agent list: {exc}", file=sys.stderr)
         return 1
     now = datetime.now(UTC)
     base = settings.status_policy()
-    rows = [("NAMESPACE", "NAME", "PHASE", "AGE", "EXPIRES IN", "ENDPOINT")]
+    rows = [("NAMESPACE", "NAME", "PHASE", "REASON", "AGE", "EXPIRES IN", "ENDPOINT")]
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
         meta = pod.get("metadata") or {}
         endpoint = endpoint_of(pod)
-        phase = classify(pod, now=now, policy=policy_for(pod, base), endpoint=endpoint).phase
+        result = classify(pod, now=now, policy=policy_for(pod, base), endpoint=endpoint)
+        record = stop_record(pod)
         created = parse_time(meta.get("creationTimestamp"))
         expiry = expires_at(pod)
-        left = "-" if expiry is None else format_duration(expiry - now)
+        left = "-" if expiry is None or record else format_duration(expiry - now, exact=False)
         rows.append(
             (
                 str(meta.get("namespace")),
                 str(meta.get("name")),
-                phase.value,
-                "-" if created is None else format_duration(now - created),
+                result.phase.value,
+                f"{result.reason.value} (stopped: {record.cause})"
+                if record
+                else result.reason.value,
+                "-" if created is None else format_duration(now - created, exact=False),
                 left,
                 endpoint,
             )
         )
     if len(rows) == 1:
-        where = f"namespace {args.namespace}" if args.namespace else "any namespace"
+        where = f"namespace {namespace}" if namespace else "any namespace"
         print(f"No NIM deployments in {where}.")
         return 0
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -363,8 +359,27 @@ def _add_teardown(subparsers: Any) -> None:
         description="Delete a NIM deployment's Pod and Service. Only deployments nim-agent made "
         "are deleted; one already gone is not an error.",
     )
-    p.add_argument("target", metavar="NAME|ENDPOINT", help="deployment name, or its endpoint URL")
-    p.add_argument("-n", "--namespace", help="namespace of NAME (not needed for an endpoint)")
+    p.add_argument(
+        "target",
+        metavar="NAME|ENDPOINT",
+        nargs="?",
+        help="deployment name, or its endpoint URL",
+    )
+    p.add_argument(
+        "-n",
+        "--namespace",
+        help="namespace of NAME (default: the kubeconfig's current namespace; an endpoint names "
+        "its own)",
+    )
+    p.add_argument(
+        "--expired",
+        action="store_true",
+        help="instead of one deployment: delete every one whose ttl has passed or that has ended "
+        "or been stopped (what a connector would clean up; e.g. after it was uninstalled)",
+    )
+    p.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="with --expired: every namespace"
+    )
     p.set_defaults(handler=_teardown)
 
 
@@ -374,20 +389,33 @@ def _teardown(args: argparse.Namespace) -> int:
     from nim_agent.checks import check_dns_label
     from nim_agent.contract import deployment_of_endpoint
 
-    target: str = args.target
+    if args.expired:
+        if args.target:
+            raise InvalidInput(["NAME|ENDPOINT: not with --expired (it picks the deployments)"])
+        return _teardown_expired(args)
+    if args.all_namespaces:
+        raise InvalidInput(["--all-namespaces: only with --expired"])
+    target: str | None = args.target
+    if not target:
+        raise InvalidInput(["NAME|ENDPOINT: required (or --expired)"])
     parsed = deployment_of_endpoint(target) if "://" in target else None
     if "://" in target and parsed is None:
         raise InvalidInput(
             [f"ENDPOINT: {target!r} is not http://<name>.<namespace>.svc.cluster.local:<port>"]
         )
     if parsed is None:
-        if not args.namespace:
-            raise InvalidInput(["--namespace: required with a deployment NAME"])
         problems = [f"NAME: {m}" for m in [check_dns_label(target)] if m]
-        problems += [f"--namespace: {m}" for m in [check_dns_label(args.namespace)] if m]
+        if args.namespace:
+            problems += [f"--namespace: {m}" for m in [check_dns_label(args.namespace)] if m]
         if problems:
             raise InvalidInput(problems)
-        parsed = (target, args.namespace)
+        from nim_agent.kube import KubeError
+
+        try:
+            parsed = (target, _namespace(args.namespace))
+        except KubeError as exc:
+            print(f"nim-agent teardown: {exc}", file=sys.stderr)
+            return 1
     name, namespace = parsed
     _load_settings()
     from flytekit.extend.backend.base_connector import ConnectorRegistry
@@ -412,6 +440,84 @@ def _teardown(args: argparse.Namespace) -> int:
         print(f"nim-agent teardown: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _teardown_expired(args: argparse.Namespace) -> int:
+    import asyncio
+    from datetime import UTC, datetime
+
+    from nim_agent.contract import TTL, expires_at, stop_record
+    from nim_agent.kube import KubeError
+    from nim_agent.reaper import delete_deployment
+
+    _load_settings()
+
+    async def run(namespace: str | None) -> list[str]:
+        from nim_agent.kube import Kube
+
+        now = datetime.now(UTC)
+        done = []
+        kube = await Kube.connect()
+        try:
+            pods, _ = await kube.list_pods(namespace, label_selector=_owned())
+            for pod in pods:
+                meta = pod.get("metadata") or {}
+                expiry, record = expires_at(pod), stop_record(pod)
+                ended = (pod.get("status") or {}).get("phase") in ("Failed", "Succeeded")
+                if meta.get("deletionTimestamp") or not (
+                    record or ended or (expiry is not None and now >= expiry)
+                ):
+                    continue
+                ns, name = str(meta.get("namespace")), str(meta.get("name"))
+                why = f"stopped ({record.cause})" if record else "ended" if ended else "ttl passed"
+                await delete_deployment(
+                    kube,
+                    ns,
+                    name,
+                    cause=TTL,
+                    detail=f"nim-agent teardown --expired: {why}",
+                    server=not (record or ended),
+                )
+                done.append(f"deleted NIM deployment {ns}/{name} ({why})")
+        finally:
+            await kube.close()
+        return done
+
+    try:
+        namespace = None if args.all_namespaces else _namespace(args.namespace)
+        done = asyncio.run(run(namespace))
+    except KubeError as exc:
+        print(f"nim-agent teardown: {exc}", file=sys.stderr)
+        return 1
+    where = f"namespace {namespace}" if namespace else "any namespace"
+    print("\n".join(done) if done else f"No expired or stopped NIM deployments in {where}.")
+    return 0
+
+
+def _owned() -> str:
+    from nim_agent.contract import OWNED_BY_US
+
+    return OWNED_BY_US
+
+
+def _namespace(given: str | None) -> str:
+    """The namespace as kubectl picks it: the one given, else the kubeconfig's current one."""
+    if given:
+        return given
+    from nim_agent.kube import current_namespace
+
+    return current_namespace()
+
+
+async def _our_pods(namespace: str | None) -> list[Any]:
+    from nim_agent.kube import Kube
+
+    kube = await Kube.connect()
+    try:
+        pods, _ = await kube.list_pods(namespace, label_selector=_owned())
+    finally:
+        await kube.close()
+    return pods
 
 
 # --------------------------------------------------------------------------- entry point

@@ -52,6 +52,7 @@ __all__ = [
     "TemporaryKubeError",
     "Unauthorized",
     "WatchEvent",
+    "current_namespace",
 ]
 
 
@@ -199,6 +200,29 @@ def _path(
     if sub:
         path += f"/{sub}"
     return path
+
+
+_SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def current_namespace(kubeconfig: str | None = None) -> str:
+    """The namespace kubectl would use: in a pod (no kubeconfig named), the pod's own; else the
+    current context's in ``kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``; else "default"."""
+    kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            with open(_SERVICE_ACCOUNT_NAMESPACE, encoding="utf-8") as f:
+                return f.read().strip() or "default"
+        except OSError:
+            return "default"
+    try:
+        _, active = k8s_config.list_kube_config_contexts(
+            config_file=kubeconfig.split(os.pathsep)[0] if kubeconfig else None
+        )
+    except (k8s_config.ConfigException, OSError) as exc:
+        raise PermanentKubeError(f"cannot read the kubeconfig: {exc}") from exc
+    namespace = ((active or {}).get("context") or {}).get("namespace")
+    return str(namespace) if namespace else "default"
 
 
 class Kube:

@@ -50,6 +50,7 @@ from nim_agent.contract import (
     expires_at,
     format_duration,
     format_time,
+    served_at,
     stop_record,
 )
 from nim_agent.podfacts import read_pod
@@ -102,25 +103,33 @@ class Decision:
 
 
 def stop_record_for(
-    cause: str, result: Classification, *, now: datetime, detail: str | None = ""
+    cause: str,
+    result: Classification,
+    *,
+    now: datetime,
+    detail: str | None = "",
+    served: bool = True,
 ) -> StopRecord:
     """The verdict a server stopped for ``cause`` keeps answering, from its classification then.
 
     A terminal verdict is kept as it was (a reported phase never changes because nim-agent
     cleans up), with a note of the stop (none when ``detail`` is None: the pod ended by itself);
-    a server stopped while still starting fails, naming the cause.
+    a server stopped while still starting fails, naming the cause. So does a server that was
+    ready but never found serving (``served`` False: no ``served-at``): no one was told it
+    succeeded, and its endpoint is gone.
     """
-    if is_terminal(result.phase):
+    if is_terminal(result.phase) and (served or result.phase is not Phase.SUCCEEDED):
         note = f" nim-agent stopped the server ({cause}{': ' + detail if detail else ''})."
         message = result.message if detail is None else result.message + note
         return StopRecord(cause, now, result.phase.value, result.reason.value, message)
     reason = Reason.TTL_EXPIRED if cause == TTL else Reason.UNHEALTHY
+    when = "before it was found serving" if is_terminal(result.phase) else "before it was ready"
     return StopRecord(
         cause,
         now,
         Phase.FAILED.value,
         reason.value,
-        f"nim-agent stopped the NIM server before it was ready ({detail or cause}). Last state: "
+        f"nim-agent stopped the NIM server {when} ({detail or cause}). Last state: "
         f"{result.message}",
     )
 
@@ -153,17 +162,17 @@ def reap_decision(
         return None
     endpoint = endpoint_of(pod)
     result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint=endpoint)
+    served = served_at(pod) is not None
     phase = str((pod.get("status") or {}).get("phase") or "")
     if phase in ("Failed", "Succeeded"):
         cause = TTL if result.reason is Reason.TTL_EXPIRED else FAILURE
-        record = stop_record_for(cause, result, now=now, detail=None)
+        record = stop_record_for(cause, result, now=now, detail=None, served=served)
         return Decision(Action.STOP, cause, result.message, record, result)
     expiry = expires_at(pod)
     if expiry is not None and now >= expiry:
         detail = f"ttl expired at {format_time(expiry)}"
-        return Decision(
-            Action.STOP, TTL, detail, stop_record_for(TTL, result, now=now, detail=detail), result
-        )
+        record = stop_record_for(TTL, result, now=now, detail=detail, served=served)
+        return Decision(Action.STOP, TTL, detail, record, result)
     if keep_failed:
         return None
     if result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED):
@@ -175,7 +184,7 @@ def reap_decision(
             f"unready for {format_duration(unready, exact=False)} "
             f"(unhealthy window {format_duration(policy.unhealthy_window)})"
         )
-        record = stop_record_for(UNHEALTHY, result, now=now, detail=detail)
+        record = stop_record_for(UNHEALTHY, result, now=now, detail=detail, served=served)
         return Decision(Action.STOP, UNHEALTHY, detail, record, result)
     return None
 

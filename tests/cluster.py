@@ -266,7 +266,18 @@ def names(objects: Any) -> list[str]:
 
 
 def leftovers(core_v1: client.CoreV1Api, namespace: str) -> list[str]:
-    """``pod ns/name`` and ``service ns/name`` for every object of ours in ``namespace``."""
-    return [f"pod {namespace}/{n}" for n in names(our_pods(core_v1, namespace))] + [
-        f"service {namespace}/{n}" for n in names(our_services(core_v1, namespace))
+    """``pod ns/name`` and ``service ns/name`` for every object of ours in ``namespace`` that
+    still holds something: a stopped server's pod has ended (no containers, no GPU) and is kept,
+    with its Service, only so that its verdict stays readable for the retention; it is no leak."""
+    pods = our_pods(core_v1, namespace)
+    ended = {p.metadata.name for p in pods if not holds_resources(p)}
+    return [f"pod {namespace}/{p.metadata.name}" for p in pods if holds_resources(p)] + [
+        f"service {namespace}/{n}"
+        for n in names(our_services(core_v1, namespace))
+        if n not in ended
     ]
+
+
+def holds_resources(pod: client.V1Pod) -> bool:
+    """Whether a pod still counts against its node: it has not ended (Failed or Succeeded)."""
+    return (pod.status.phase if pod.status else None) not in ("Failed", "Succeeded")

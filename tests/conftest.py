@@ -206,7 +206,7 @@ def leak_audit_at_the_end(request: pytest.FixtureRequest) -> Iterator[None]:
     from kubernetes import client
 
     from nim_agent.contract import OWNED_BY_US
-    from tests.cluster import KUBECONFIG, new_api_client
+    from tests.cluster import KUBECONFIG, holds_resources, new_api_client
 
     request.config.stash[LEAK_AUDIT] = True
     leaked = list(LEAKS)
@@ -217,7 +217,11 @@ def leak_audit_at_the_end(request: pytest.FixtureRequest) -> Iterator[None]:
         active = {ns.metadata.name for ns in listed if ns.status.phase == "Active"}
         pods = core.list_pod_for_all_namespaces(label_selector=OWNED_BY_US).items
         services = core.list_service_for_all_namespaces(label_selector=OWNED_BY_US).items
-        found = [("pod", p) for p in pods] + [("service", s) for s in services]
+        # A stopped server's ended pod (and its Service) holds nothing: not a leak.
+        ended = {(p.metadata.namespace, p.metadata.name) for p in pods if not holds_resources(p)}
+        found = [("pod", p) for p in pods if holds_resources(p)] + [
+            ("service", s) for s in services if (s.metadata.namespace, s.metadata.name) not in ended
+        ]
         leaked.extend(
             f"{kind} {obj.metadata.namespace}/{obj.metadata.name} (at the end)"
             for kind, obj in found

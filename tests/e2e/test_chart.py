@@ -31,13 +31,8 @@ INSTALL_DOC = REPO_ROOT / "docs" / "install.md"
 Doc = dict[str, Any]
 KEY = re.compile(r"^\s*[A-Za-z][\w-]*:")
 
-# What the connector may do, and nothing else (design: issue 5, nim_agent/kube.py).
-EXPECTED_GRANTS = {
-    "pods": {"create", "get", "list", "watch", "delete", "patch"},
-    "pods/log": {"get"},
-    "services": {"create", "get", "list", "delete"},
-    "events": {"get", "list", "watch"},
-}
+# That the connector's grants are exactly what its code calls is checked against the API
+# server's audit log of a real run (tests/faults/test_abuse_security.py); here, the rules' shape.
 NAMESPACED = {"rbac": {"scope": "namespaces", "namespaces": ["team-a", "team-b"]}}
 
 
@@ -164,6 +159,15 @@ def test_helm_lint_passes_with_default_and_namespaced_values(helm: Path, tmp_pat
 # ------------------------------------------------------------------------------------ render
 
 
+def workload_roles(docs: Iterable[Doc]) -> list[Doc]:
+    """The Roles/ClusterRoles for NIM deployments (not the cleanup Lease's)."""
+    return [d for d in of_kind(docs, "Role", "ClusterRole") if not is_lease_rbac(d)]
+
+
+def is_lease_rbac(doc: Doc) -> bool:
+    return str(doc["metadata"]["name"]).endswith("-lease")
+
+
 def test_default_values_render_a_connector_with_cluster_wide_rbac(helm: Path) -> None:
     docs = render(helm)
     assert sorted(d["kind"] for d in docs) == sorted(
@@ -172,10 +176,14 @@ def test_default_values_render_a_connector_with_cluster_wide_rbac(helm: Path) ->
             "ConfigMap",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",  # the cleanup Lease's, in the release namespace
+            "RoleBinding",
             "Service",
             "Deployment",
+            "PodDisruptionBudget",  # two replicas by default
         ]
     )
+    assert one(docs, "Deployment")["spec"]["replicas"] == 2
     sa = one(docs, "ServiceAccount")["metadata"]
     binding = one(docs, "ClusterRoleBinding")
     assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
@@ -191,8 +199,10 @@ def test_namespaced_rbac_renders_a_role_and_binding_in_each_listed_namespace(
 ) -> None:
     docs = render(helm, NAMESPACED, tmp_path=tmp_path)
     assert not of_kind(docs, "ClusterRole", "ClusterRoleBinding")
-    roles = {d["metadata"]["namespace"]: d for d in of_kind(docs, "Role")}
-    bindings = {d["metadata"]["namespace"]: d for d in of_kind(docs, "RoleBinding")}
+    roles = {d["metadata"]["namespace"]: d for d in workload_roles(docs)}
+    bindings = {
+        d["metadata"]["namespace"]: d for d in of_kind(docs, "RoleBinding") if not is_lease_rbac(d)
+    }
     assert set(roles) == set(bindings) == {"team-a", "team-b"}
     sa = one(docs, "ServiceAccount")["metadata"]["name"]
     for ns, binding in bindings.items():
@@ -205,7 +215,7 @@ def test_namespaced_rbac_renders_a_role_and_binding_in_each_listed_namespace(
 
 
 @pytest.mark.parametrize("values", [None, NAMESPACED], ids=["cluster", "namespaces"])
-def test_rbac_grants_exactly_the_connectors_calls_and_nothing_on_secrets(
+def test_rbac_has_no_wildcards_and_nothing_on_secrets(
     helm: Path, tmp_path: Path, values: dict[str, Any] | None
 ) -> None:
     docs = render(helm, values, tmp_path=tmp_path)
@@ -217,8 +227,25 @@ def test_rbac_grants_exactly_the_connectors_calls_and_nothing_on_secrets(
                 assert "*" not in rule.get(key, []), f"wildcard {key} in {rule}"
             assert not {"secrets", "secrets/*"} & set(rule["resources"]), rule
             assert "nonResourceURLs" not in rule, rule
-        assert grants(role["rules"]) == EXPECTED_GRANTS
+    workload = workload_roles(docs)
+    assert workload and all(grants(r["rules"]) == grants(workload[0]["rules"]) for r in workload)
     assert not of_kind(docs, "Secret")
+
+
+def test_the_cleanup_lease_is_granted_by_name_in_one_namespace_only(
+    helm: Path, tmp_path: Path
+) -> None:
+    docs = render(helm, NAMESPACED, tmp_path=tmp_path)
+    [lease_role] = [d for d in of_kind(docs, "Role") if is_lease_rbac(d)]
+    assert lease_role["metadata"]["namespace"] == "flyte"
+    by_verbs = {tuple(r["verbs"]): r for r in lease_role["rules"]}
+    assert set(by_verbs) == {("create",), ("get", "update")}
+    assert by_verbs[("get", "update")]["resourceNames"] == ["nim-agent-reaper"]
+    assert all(r["resources"] == ["leases"] for r in lease_role["rules"])
+    assert settings_file(docs)["lease_namespace"] == "flyte"
+    off = render(helm, {"settings": {"leaderElection": False}}, tmp_path=tmp_path)
+    assert not [d for d in of_kind(off, "Role", "RoleBinding") if is_lease_rbac(d)]
+    assert settings_file(off)["leader_election"] is False
 
 
 def test_rbac_covers_every_api_call_the_kube_module_makes(helm: Path) -> None:
@@ -261,8 +288,10 @@ def test_probes_are_grpc_health_checks_on_the_configured_port(helm: Path, tmp_pa
     for port in (8000, 9443):
         docs = render(helm, {"ports": {"containerPort": port}}, tmp_path=tmp_path)
         (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        for probe in ("startupProbe", "readinessProbe"):
             assert container[probe]["grpc"] == {"port": port}, probe
+        # Liveness asks the health service that says whether the process is sound.
+        assert container["livenessProbe"]["grpc"] == {"port": port, "service": "nim-agent"}
         assert {"name": "grpc", "containerPort": port, "protocol": "TCP"} in container["ports"]
         svc_ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
         assert svc_ports["grpc"]["port"] == port
@@ -299,7 +328,9 @@ def test_chart_objects_are_never_selected_as_nim_deployments(helm: Path, tmp_pat
 def test_every_connector_setting_is_a_chart_value_and_the_defaults_load(helm: Path) -> None:
     data = settings_file(render(helm))
     assert set(data) == {f.name for f in dataclasses.fields(ConnectorSettings)}
-    assert ConnectorSettings.from_mapping(data) == ConnectorSettings()
+    # The chart's defaults are the connector's, but for where the Lease lives: the release's
+    # namespace (a pod outside the chart has no such namespace to default to).
+    assert ConnectorSettings.from_mapping(data) == ConnectorSettings(lease_namespace="flyte")
 
 
 def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Path) -> None:
@@ -318,6 +349,13 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
             "loraDownloaderImage": "registry.example/lora-fetch:1.2",
             "watchNamespaces": ["shared-nims"],
             "reapInterval": "10s",
+            "unhealthyWindow": "45m",
+            "stoppedRetention": "2h",
+            "serviceAccounts": ["default", "nim-reader"],
+            "leaderElection": False,
+            "leaseNamespace": "nim-system",
+            "leaseName": "nims",
+            "leaseDuration": "30s",
         }
     }
     docs = render(helm, values, tmp_path=tmp_path)
@@ -336,6 +374,13 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
         lora_downloader_image="registry.example/lora-fetch:1.2",
         watch_namespaces=("shared-nims",),
         reap_interval=parse_duration("10s"),
+        unhealthy_window=parse_duration("45m"),
+        stopped_retention=parse_duration("2h"),
+        service_accounts=("default", "nim-reader"),
+        leader_election=False,
+        lease_namespace="nim-system",
+        lease_name="nims",
+        lease_duration=parse_duration("30s"),
     )
     # The pod reads that file, and restarts when it changes.
     deployment = one(docs, "Deployment")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from kubernetes import client
 from nim_agent.config import ConfigError
 from nim_agent.render import DeploymentIdentity, ExecutionIdentity, render
 from nim_agent.settings import ConnectorSettings
-from tests.cluster import DEVCLUSTER, REPO_ROOT, our_pods, our_services
+from tests.cluster import DEVCLUSTER, REPO_ROOT, holds_resources, our_pods, our_services
 from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
@@ -360,6 +361,52 @@ def apply_as_admin(api_client: client.ApiClient, namespace: str, doc: dict[str, 
     create[doc["kind"]]()
 
 
+AUDIT_LOG = (
+    DEVCLUSTER
+    / "kwok"
+    / "clusters"
+    / os.environ.get("NIM_AGENT_CLUSTER", "nim-agent")
+    / "logs"
+    / "audit.log"
+)
+
+
+def audited_calls(user: str) -> set[tuple[str, str, str]]:
+    """(API group, resource[/subresource], verb) of every request ``user`` made that the API
+    server authorized, from its audit log (devcluster/kwok/audit-policy.yaml records what
+    ServiceAccounts do)."""
+    assert AUDIT_LOG.exists(), (
+        f"no audit log at {AUDIT_LOG}: recreate the cluster (make cluster-down)"
+    )
+    calls = set()
+    with AUDIT_LOG.open(encoding="utf-8") as log:
+        for line in log:
+            entry = json.loads(line)
+            if entry.get("user", {}).get("username") != user:
+                continue
+            if entry.get("annotations", {}).get("authorization.k8s.io/decision") != "allow":
+                continue
+            ref = entry.get("objectRef") or {}
+            resource = ref.get("resource", "")
+            if ref.get("subresource"):
+                resource += "/" + ref["subresource"]
+            calls.add((ref.get("apiGroup", ""), resource, entry["verb"]))
+    return calls
+
+
+def granted_calls(objects: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(API group, resource, verb) the chart's Roles and ClusterRoles grant."""
+    grants = set()
+    for role in objects:
+        if role["kind"] not in ("Role", "ClusterRole"):
+            continue
+        for rule in role["rules"]:
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    grants |= {(group, resource, verb) for verb in rule["verbs"]}
+    return grants
+
+
 def token_kubeconfig(admin_kubeconfig: Path, token: str, path: Path) -> Path:
     """A kubeconfig with the admin's cluster entry and only a bearer token as credentials."""
     admin = yaml.safe_load(admin_kubeconfig.read_text())
@@ -431,8 +478,9 @@ def run_with_the_charts_identity(
         "nim-agent", namespace, {"spec": {"expirationSeconds": 3600}}
     ).status.token
     kubeconfig = token_kubeconfig(kubeconfig_path, token, tmp_path / "sa-kubeconfig")
-    # The chart's settings file (its ConfigMap), with the test's shorter intervals on top.
-    settings = {"config": str(tmp_path / "settings.yaml")}
+    # The chart's settings file (its ConfigMap), with the test's shorter intervals on top. The
+    # cleanup Lease is the chart's (its Role grants that name only).
+    settings = {"config": str(tmp_path / "settings.yaml"), "lease_name": "nim-agent-reaper"}
     server = start(kubeconfig, tmp_path / "sa.log", **settings)
     try:
         d = deployments(server)
@@ -453,16 +501,26 @@ def run_with_the_charts_identity(
             },
             timeout=90,
         )
-        server.stub.DeleteTask(delete_request(aborted), timeout=30)
+        for _ in range(2):  # the second finds the pod gone and looks for its Service
+            server.stub.DeleteTask(delete_request(aborted), timeout=30)
         server.stub.DeleteTask(delete_request(waiting), timeout=30)
-        wait_phases(server, {expiring: TE.FAILED}, timeout=60)  # removed by the ttl reaper
-        names = {p.metadata.name for p in our_pods(core_v1, namespace)}
-        assert names == {d.pod_name(ready)}, names
-        assert len(our_services(core_v1, namespace)) == 1
+        wait_phases(server, {expiring: TE.FAILED}, timeout=60)  # stopped at its ttl
+        running = {p.metadata.name for p in our_pods(core_v1, namespace) if holds_resources(p)}
+        assert running == {d.pod_name(ready)}, running
+        services = {s.metadata.name for s in our_services(core_v1, namespace)}
+        assert d.pod_name(ready) in services and d.pod_name(aborted) not in services
         refused = server.metric("nim_agent_kube_requests_total", code="403")
         assert refused == 0, server.log_tail()
+        assert server.metric("nim_agent_leader") == 1, server.log_tail()
         server.stub.DeleteTask(delete_request(ready), timeout=30)
         COUNTS["deployments run with the chart's RBAC alone"] += len(d.metas)
+        # What it did, as the API server's audit log recorded it, is exactly what it may do.
+        used = audited_calls(f"system:serviceaccount:{namespace}:nim-agent")
+        granted = granted_calls(chart_objects(namespace, tmp_path, scope))
+        assert used == granted, (
+            f"granted but never used: {sorted(granted - used)}; "
+            f"used but not granted: {sorted(used - granted)}"
+        )
         if scope == "cluster":
             return
         # A namespace outside the Role: a clear FAILED, not a gRPC error.

@@ -1,5 +1,7 @@
-"""Abort (DeleteTask) in every phase of a deployment, twice in a row: both calls succeed, the Pod
-and its Service go, and GetTask afterwards says the deployment was aborted."""
+"""Abort (DeleteTask) in every phase of a deployment, twice in a row: both calls succeed, and the
+Pod and its Service go at once (an aborted execution is over: nothing is kept for it). While the
+pod terminates, GetTask says nim-agent deleted it for the abort; Flyte sends no GetTask after an
+abort, and one sent anyway is answered, never SUCCEEDED."""
 
 from __future__ import annotations
 
@@ -67,8 +69,7 @@ def test_abort_twice_in_each_phase_removes_the_deployment(
         assert time.monotonic() < deadline, "the aborted deployment is still there"
         time.sleep(0.2)
     resource = get(server, meta)
-    assert resource.phase == TE.FAILED
-    assert "abort" in resource.message, resource.message
+    assert resource.phase in (TE.FAILED, TE.RETRYABLE_FAILED), resource.message
 
 
 def test_abort_of_a_refused_task_and_of_a_deployment_already_gone_is_fine(

@@ -26,6 +26,7 @@ from kubernetes import client
 from nim_agent import metrics
 from nim_agent.contract import OWNED_BY_US
 from nim_agent.kube import Json, Kube
+from nim_agent.runtime import supervised
 from nim_agent.watch import PodCache
 from tests.cluster import our_pods
 from tests.configs import simulated_nim as nim
@@ -73,14 +74,18 @@ def test_apiserver_restart_with_deployments_in_every_phase(
         d.create(nim("crashloop")): TE.FAILED,
     }
     aborted = d.create(nim("ready"))
-    expected[aborted] = TE.FAILED  # "deleted by nim-agent (abort ...)"
     # Moves on after the API server is back: the watch must deliver what happens then.
     progressing = d.create(initializing("12s"))
     wait_phases(server, {**expected, aborted: TE.SUCCEEDED}, timeout=90)
     server.stub.DeleteTask(delete_request(aborted), timeout=10)
     wait_phases(server, {**expected, progressing: TE.INITIALIZING}, timeout=30)
+    deadline = time.monotonic() + 30
+    while d.pod_name(aborted) in {p.metadata.name for p in our_pods(core_v1, namespace)}:
+        assert time.monotonic() < deadline, "the aborted deployment is still there"
+        time.sleep(0.2)
     before = {p.metadata.name: p.metadata.uid for p in our_pods(core_v1, namespace)}
-    assert len(before) == 5, before  # crashloop (failed) and aborted are gone
+    # The aborted one is gone; the crash-looping one is stopped (kept, with its verdict).
+    assert len(before) == 6, before
     gets_before = server.metric("nim_agent_kube_requests_total", verb="get")
 
     # -- the outage: answers while the API server is down must never be a wrong verdict -------
@@ -260,7 +265,7 @@ async def test_a_watch_410_gone_relists_and_carries_on(
         expired = metrics.WATCH_RESTARTS.labels("expired")._value.get()
         cache = PodCache(factory, label_selector=OWNED_BY_US, namespaces=[namespace])
         holder.append(cache)
-        cache.start()
+        cache.start(supervised)
         try:
             async with asyncio.timeout(30):
                 await cache.wait_for(namespace, "c", lambda p: p is not None)

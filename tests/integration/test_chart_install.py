@@ -104,11 +104,11 @@ def test_rendered_chart_is_accepted_by_the_api_server(
     kinds = {line.split("/")[0] for line in out.splitlines()}
     expected = {"serviceaccount", "configmap", "service", "deployment.apps"}
     expected |= {"poddisruptionbudget.policy"}
+    # The cleanup Lease's Role and RoleBinding, in both scopes.
+    expected |= {"role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io"}
     if scope == "cluster":
         expected |= {"clusterrole.rbac.authorization.k8s.io"}
         expected |= {"clusterrolebinding.rbac.authorization.k8s.io"}
-    else:
-        expected |= {"role.rbac.authorization.k8s.io", "rolebinding.rbac.authorization.k8s.io"}
     assert kinds == expected, out
 
 

@@ -11,6 +11,7 @@ from kubernetes import client
 
 from nim_agent.contract import OWNED_BY_US
 from nim_agent.kube import AlreadyExists, Invalid, Kube, NotFound
+from nim_agent.runtime import supervised
 from nim_agent.watch import PodCache
 
 
@@ -47,7 +48,7 @@ async def test_the_cache_lists_existing_pods_and_follows_new_and_deleted_ones(
         return kube
 
     cache = PodCache(same, label_selector=OWNED_BY_US, namespaces=[namespace])
-    cache.start()
+    cache.start(supervised)
     try:
         async with asyncio.timeout(20):
             await cache.wait_synced()

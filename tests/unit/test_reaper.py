@@ -264,6 +264,13 @@ def test_a_server_that_served_stays_succeeded_after_its_ttl() -> None:
     assert "ttl expired at 2026-11-27T11:00:00Z" in message
 
 
+def test_a_ready_server_never_found_serving_fails_at_its_ttl() -> None:
+    # Ready, but no one was told (no served-at): its endpoint is gone, so no SUCCEEDED now.
+    phase, reason, message = verdict_after_stop(pod(expires="2026-11-27T11:00:00Z"))
+    assert (phase, reason) == (Phase.FAILED, Reason.TTL_EXPIRED)
+    assert "before it was found serving" in message
+
+
 def test_a_server_still_loading_at_its_ttl_fails_naming_the_ttl() -> None:
     phase, reason, message = verdict_after_stop(pod(expires="2026-11-27T11:00:00Z", ready=False))
     assert (phase, reason) == (Phase.FAILED, Reason.TTL_EXPIRED)
