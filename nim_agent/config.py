@@ -40,6 +40,7 @@ from nim_agent.checks import (
     check_dns_subdomain,
     check_hf_repo_id,
     check_http_path,
+    check_http_url,
     check_image,
     check_int,
     check_label_key,
@@ -50,6 +51,7 @@ from nim_agent.checks import (
     show,
 )
 from nim_agent.contract import CACHE_PATH, PEFT_SOURCE_ENV, SHM_PATH, adapter_name
+from nim_agent.settings import SECURITY_PROFILES
 
 if TYPE_CHECKING:
     from flytekit import PodTemplate
@@ -247,6 +249,13 @@ class NIM:
     /shared/inputs.json and /shared/inputs/, a volume the NIM container also mounts."""
     inputs_mem: str = "500Mi"
     """Memory (requests = limits) of the input download container."""
+    hf_endpoint: str | None = None
+    """Hugging Face Hub (or mirror, or air-gapped hub) the adapters of hf_repo_ids come from;
+    None: the connector's setting, else https://huggingface.co."""
+    security_profile: str | None = None
+    """Security context of the pod: "restricted" or "nvidia" (the NIM Operator's uid 1000 /
+    gid 2000 / fsGroup 2000); None: the connector's default. Another one only where the
+    connector's allowed_security_profiles lists it."""
 
     def __post_init__(self) -> None:
         for name in ("env", "node_selector", "labels", "annotations"):
@@ -330,6 +339,15 @@ class NIM:
         if not isinstance(download, bool):
             add("download_inputs", f"{show(download)} is not true or false")
         add("inputs_mem", check_memory(self.inputs_mem))
+        if self.hf_endpoint is not None:
+            add("hf_endpoint", check_http_url(self.hf_endpoint))
+        profile = self.security_profile
+        if profile is not None and profile not in SECURITY_PROFILES:
+            add(
+                "security_profile",
+                f"{show(profile)} is not a security profile; use one of "
+                f"{', '.join(SECURITY_PROFILES)}{closest(str(profile), SECURITY_PROFILES)}",
+            )
         return found
 
     def _env_problems(self) -> list[Problem]:

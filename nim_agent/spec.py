@@ -6,8 +6,10 @@ proto/nim_agent/v1/nim.proto; the custom is its JSON form with the proto's field
 
 Public API::
 
-    to_proto(nim, ttl) -> NIMTaskConfig       from_proto(msg) -> NIMTaskSpec(nim, ttl)
-    to_custom(nim, ttl) -> dict               from_custom(dict) -> NIMTaskSpec(nim, ttl)
+    to_proto(nim, ttl, typed_endpoint) -> NIMTaskConfig   from_proto(msg) -> NIMTaskSpec
+    to_custom(nim, ttl, typed_endpoint) -> dict           from_custom(dict) -> NIMTaskSpec
+
+`NIMTaskSpec` is (nim, ttl, typed_endpoint).
 
 `from_proto` validates (it builds a `NIM`), so a damaged config surfaces as `ConfigError`.
 """
@@ -66,10 +68,11 @@ _TOLERATION_FIELDS = {
 
 @dataclass(frozen=True)
 class NIMTaskSpec:
-    """What a "nim" task asks for: the deployment and how long it may live."""
+    """What a "nim" task asks for: the deployment, how long it may live, its output's form."""
 
     nim: NIM
     ttl: timedelta
+    typed_endpoint: bool = False
 
 
 def check_ttl(ttl: object) -> timedelta:
@@ -99,9 +102,11 @@ def _check_schema_version(version: object) -> None:
         )
 
 
-def to_proto(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> nim_pb2.NIMTaskConfig:
-    """The task config message for `nim` living `ttl`."""
-    msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION)
+def to_proto(
+    nim: NIM, ttl: timedelta = DEFAULT_TTL, typed_endpoint: bool = False
+) -> nim_pb2.NIMTaskConfig:
+    """The task config message for `nim` living `ttl` (output a NIMEndpoint if typed)."""
+    msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION, typed_endpoint=typed_endpoint)
     msg.ttl.FromTimedelta(check_ttl(ttl))
     m = msg.nim
     s = nim.secrets
@@ -167,7 +172,7 @@ def from_proto(msg: nim_pb2.NIMTaskConfig) -> NIMTaskSpec:
         kwargs["affinity"] = _whole_numbers(json_format.MessageToDict(m.affinity))
     nim = NIM.from_dict({"secrets": secrets, **kwargs})  # reports every problem together
     ttl = msg.ttl.ToTimedelta() if msg.HasField("ttl") else DEFAULT_TTL
-    return NIMTaskSpec(nim=nim, ttl=ttl)
+    return NIMTaskSpec(nim=nim, ttl=ttl, typed_endpoint=msg.typed_endpoint)
 
 
 def _whole_numbers(value: Any) -> Any:
@@ -181,9 +186,13 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-def to_custom(nim: NIM, ttl: timedelta = DEFAULT_TTL) -> dict[str, Any]:
+def to_custom(
+    nim: NIM, ttl: timedelta = DEFAULT_TTL, typed_endpoint: bool = False
+) -> dict[str, Any]:
     """`TaskTemplate.custom` for a "nim" task: the config message as JSON (field names kept)."""
-    return json_format.MessageToDict(to_proto(nim, ttl), preserving_proto_field_name=True)
+    return json_format.MessageToDict(
+        to_proto(nim, ttl, typed_endpoint), preserving_proto_field_name=True
+    )
 
 
 def from_custom(custom: Mapping[str, Any]) -> NIMTaskSpec:

@@ -978,6 +978,8 @@ def test_classify_maps_pod_states_to_phases(case: Case) -> None:
 def test_every_reason_and_most_phases_appear_in_the_table() -> None:
     cases = [p.values[0] for p in CASES]
     unreached = {Reason.UNKNOWN}  # covered by the robustness tests
+    # The verification of a Ready server: tests/unit/test_serving_status.py has their table.
+    unreached |= {Reason.VERIFYING_SERVING, Reason.ADAPTERS_MISSING, Reason.NOT_SERVING}
     assert {c.reason for c in cases} | unreached == set(Reason)
     assert {c.phase for c in cases} == set(Phase)
 
@@ -1112,6 +1114,7 @@ def test_the_public_api_is_locked() -> None:
         "LogRequest",
         "Phase",
         "Reason",
+        "ServingCheck",
         "StatusPolicy",
         "classify",
         "flyte_phase",
