@@ -27,7 +27,7 @@ kc get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvi
 kc create namespace "$NAMESPACE" --dry-run=client -o yaml | kc apply -f - >/dev/null
 
 bold "2. The connector: nim-agent serve (gRPC :$PORT, metrics :$METRICS_PORT)"
-NIM_AGENT_REAP_INTERVAL=5s "$VENV/nim-agent" serve --port "$PORT" --metrics-port "$METRICS_PORT" >"$LOG" 2>&1 &
+NIM_AGENT_SERVING_CHECK=off NIM_AGENT_REAP_INTERVAL=5s "$VENV/nim-agent" serve --port "$PORT" --metrics-port "$METRICS_PORT" >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
@@ -50,7 +50,7 @@ echo "  metrics (nim_agent_*):"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^nim_agent_(deployments_created|deletions|time_to_ready_seconds_count|kube_requests)_total|^nim_agent_time_to_ready_seconds_count' | sed 's/^/    /'
 
 bold "5. pyflyte run examples/demo_workflow.py wf (NIM -> chat_request(endpoint) -> teardown)"
-NIM_AGENT_DEFAULT_NAMESPACE="$NAMESPACE" "$VENV/pyflyte" run examples/demo_workflow.py wf --question "What is Flyte?"
+NIM_AGENT_SERVING_CHECK=off NIM_AGENT_DEFAULT_NAMESPACE="$NAMESPACE" "$VENV/pyflyte" run examples/demo_workflow.py wf --question "What is Flyte?"
 
 bold "Done"
 cat <<'TXT'

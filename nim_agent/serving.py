@@ -194,6 +194,8 @@ class ModelsProbe:
                 namespace, name, port, MODELS_PATH, seconds=self.timeout
             )
         except Forbidden as exc:
+            if exc.reason != "Forbidden":  # not the API server's Status: the pod's own 403
+                raise _NoAnswer(f"HTTP 403: {exc.message} (pod proxy)") from None
             raise _NoAnswer(
                 f"the API server refused its pod proxy ({exc.message}); grant the connector get "
                 "on pods/proxy, or use serving_check direct from inside the cluster"

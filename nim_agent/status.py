@@ -503,7 +503,7 @@ def _serving(ctx: _Context, took: str) -> _Verdict:
     reply = check.reply
     log = LogRequest(NIM_CONTAINER, previous=False)
     if reply is None:
-        if late:
+        if late and check.asked:
             return _Verdict(
                 Phase.FAILED,
                 Reason.NOT_SERVING,

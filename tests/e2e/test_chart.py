@@ -221,12 +221,27 @@ def test_rbac_grants_exactly_the_connectors_calls_and_nothing_on_secrets(
     assert not of_kind(docs, "Secret")
 
 
-def test_rbac_covers_every_api_call_the_kube_module_makes(helm: Path) -> None:
+def test_rbac_covers_every_api_call_the_kube_module_makes(helm: Path, tmp_path: Path) -> None:
     calls = kube_py_calls()
     assert len(calls) >= 8, f"parsed too few calls from {KUBE_PY.name}: {calls}"
-    granted = grants(one(render(helm), "ClusterRole")["rules"])
+    # pods/proxy is called only with servingCheck "proxy" (an in-cluster connector asks directly).
+    proxy = {"settings": {"servingCheck": "proxy"}}
+    granted = grants(one(render(helm, proxy, tmp_path=tmp_path), "ClusterRole")["rules"])
     missing = {(res, verb) for res, verb in calls if verb not in granted.get(res, set())}
     assert not missing, f"kube.py calls that the chart's RBAC does not allow: {missing}"
+    assert ("pods/proxy", "get") in calls
+
+
+def test_the_pod_proxy_is_granted_only_when_the_serving_check_uses_it(
+    helm: Path, tmp_path: Path
+) -> None:
+    for check in ("auto", "direct", "off"):
+        values = {"settings": {"servingCheck": check}}
+        granted = grants(one(render(helm, values, tmp_path=tmp_path), "ClusterRole")["rules"])
+        assert "pods/proxy" not in granted, check
+    values = {**NAMESPACED, "settings": {"servingCheck": "proxy"}}
+    for role in of_kind(render(helm, values, tmp_path=tmp_path), "Role"):
+        assert grants(role["rules"]) == {**EXPECTED_GRANTS, "pods/proxy": {"get"}}
 
 
 def test_invalid_rbac_values_fail_with_a_message_naming_the_value(
@@ -318,6 +333,15 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
             "loraDownloaderImage": "registry.example/lora-fetch:1.2",
             "watchNamespaces": ["shared-nims"],
             "reapInterval": "10s",
+            "servingCheck": "proxy",
+            "servingWindow": "10m",
+            "servingTimeout": "3s",
+            "hfEndpoint": "https://hf-mirror.example.com",
+            "adapterInputsImage": "registry.example/flytekit:1.16.31",
+            "adapterInputsEnv": {"FLYTE_AWS_ENDPOINT": "http://minio.flyte:9000"},
+            "adapterInputsSecret": "flyte-object-store",
+            "securityProfile": "nvidia",
+            "allowedSecurityProfiles": ["restricted"],
         }
     }
     docs = render(helm, values, tmp_path=tmp_path)
@@ -336,6 +360,15 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
         lora_downloader_image="registry.example/lora-fetch:1.2",
         watch_namespaces=("shared-nims",),
         reap_interval=parse_duration("10s"),
+        serving_check="proxy",
+        serving_window=parse_duration("10m"),
+        serving_timeout=parse_duration("3s"),
+        hf_endpoint="https://hf-mirror.example.com",
+        adapter_inputs_image="registry.example/flytekit:1.16.31",
+        adapter_inputs_env=(("FLYTE_AWS_ENDPOINT", "http://minio.flyte:9000"),),
+        adapter_inputs_secret="flyte-object-store",
+        security_profile="nvidia",
+        allowed_security_profiles=("restricted",),
     )
     # The pod reads that file, and restarts when it changes.
     deployment = one(docs, "Deployment")

@@ -215,6 +215,18 @@ CASES = [
     ),
     pytest.param(
         Case(
+            ready_pod(),
+            NOT_ASKED,
+            Phase.RUNNING,
+            Reason.VERIFYING_SERVING,
+            ["checking that it serves"],
+            now=WINDOW_END + 60,
+            models_request=True,
+        ),
+        id="past the window but not asked yet: ask before judging",
+    ),
+    pytest.param(
+        Case(
             ready_pod(["support-lora"], model_name="meta/llama-3.1-8b-instruct"),
             asked(listed("support-lora")),
             Phase.RUNNING,
