@@ -637,7 +637,8 @@ def _directory_uri(literal: Any) -> tuple[str | None, str]:
 
 
 def adapters_of(inputs: LiteralMap | None) -> dict[str, str]:
-    """The LoRA adapters a NIM task's inputs give, {adapter name: folder URI}, in input order.
+    """The LoRA adapters a NIM task's inputs give, {adapter name: folder URI}, ordered by input
+    name, then key (protobuf maps keep no order: this one is the same however the inputs came).
 
     A FlyteDirectory input is one adapter named after the input; a ``dict[str, FlyteDirectory]``
     input gives one adapter per key. Anything else, an invalid adapter name or a name given
@@ -657,10 +658,10 @@ def adapters_of(inputs: LiteralMap | None) -> dict[str, str]:
         else:
             found[name] = uri
 
-    for name, literal in (inputs.literals if inputs is not None else {}).items():
+    for name, literal in sorted((inputs.literals if inputs is not None else {}).items()):
         entries = getattr(getattr(literal, "map", None), "literals", None)
         if entries is not None:
-            for key, item in entries.items():
+            for key, item in sorted(entries.items()):
                 add(f"inputs.{name}[{key}]", key, item)
         elif getattr(literal, "scalar", None) is not None:
             add(f"inputs.{name}", name, literal)

@@ -266,7 +266,8 @@ class NIMEndpoint:
     model: str
     """The served base model id, as ``/v1/models`` lists it ("" when nim-agent did not check)."""
     adapters: list[str] = field(default_factory=list)
-    """The LoRA adapters it serves (model ids usable in requests), in the order asked for."""
+    """The LoRA adapters it serves (model ids usable in requests): those of hf_repo_ids in their
+    order, then those given as task inputs, by input name (and key)."""
 
     @classmethod
     def of(cls, base_url: str, model: str = "", adapters: Sequence[str] = ()) -> NIMEndpoint:

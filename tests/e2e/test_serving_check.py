@@ -12,6 +12,7 @@ The same path against real pods on the real node: tests/e2e/test_serving_real_no
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ from typing import Any
 import pytest
 import yaml
 from flyteidl.core import execution_pb2
+from flytekit import kwtypes
 from flytekit.core.context_manager import FlyteContextManager
 from flytekit.core.type_engine import TypeEngine
 from flytekit.models.literals import Literal
+from flytekit.types.directory import FlyteDirectory
 from kubernetes import client
 
 from nim_agent import NIMTask
@@ -390,3 +393,80 @@ def test_the_check_adds_at_most_one_request_per_poll_and_polls_stay_fast(
         assert ordered[-1] < 10  # GetTask's own deadline; the check waits at most 1 s of it
     finally:
         nim.stop()
+
+
+def test_adapters_given_as_task_inputs_are_downloaded_by_the_pod_and_verified(
+    server: ConnectorServer, core_v1: client.CoreV1Api, namespace: str, tmp_path: Path
+) -> None:
+    """CreateTask with the inputs flytepropeller sends (a FlyteDirectory, a dict of them): the
+    pod's lora-inputs container gets their URIs (kwok only simulates running it; the program
+    itself runs in tests/unit/test_adapter_inputs.py), and /v1/models must list each by name."""
+    nim = nim_server(tmp_path, ["support", "math", "code"])
+    try:
+        task = NIMTask(
+            name="e2e.inputs",
+            nim=simulated_nim(
+                "ready",
+                port=port_of(nim),
+                annotations=SLOW_READY,
+                env={"NIM_PEFT_SOURCE": "/opt/nim/loras"},
+                lora_adapter_mem="1Gi",
+            ),
+            inputs=kwtypes(support=FlyteDirectory, more=dict[str, FlyteDirectory]),
+            typed_endpoint=True,
+        )
+        values = {
+            "support": FlyteDirectory("s3://flyte/raw/ab/o0"),
+            "more": {
+                "math": FlyteDirectory("s3://flyte/raw/cd/o0"),
+                "code": FlyteDirectory("s3://e"),
+            },
+        }
+        ctx = FlyteContextManager.current_context()
+        inputs = TypeEngine.dict_to_literal_map(ctx, values, task.python_interface.inputs)
+        meta = server.stub.CreateTask(
+            create_request(
+                task_template(task), execution(exec_name()), namespace, inputs.to_flyte_idl()
+            ),
+            timeout=10,
+        ).resource_meta
+        pod = route_pod_to(core_v1, namespace, host_address())
+        (downloader,) = [c for c in pod.spec.init_containers if c.name == "lora-inputs"]
+        env = {e.name: e.value for e in downloader.env}
+        assert json.loads(env["NIM_AGENT_ADAPTER_URIS"]) == {
+            "support": "s3://flyte/raw/ab/o0",
+            "math": "s3://flyte/raw/cd/o0",
+            "code": "s3://e",
+        }
+
+        resource, phases = poll(server, meta, timeout=90)
+
+        assert resource.phase == TE.SUCCEEDED, (phases, resource.message)
+        literal = Literal.from_flyte_idl(resource.outputs.literals["endpoint"])
+        endpoint = TypeEngine.to_python_value(ctx, literal, NIMEndpoint)
+        assert endpoint.adapters == ["code", "math", "support"]  # by input name, then key
+    finally:
+        nim.stop()
+
+
+def test_inputs_that_are_not_adapters_fail_the_task_naming_the_input(
+    server: ConnectorServer, namespace: str
+) -> None:
+    task = NIMTask(
+        name="e2e.inputs",
+        nim=simulated_nim(
+            "ready", env={"NIM_PEFT_SOURCE": "/opt/nim/loras"}, lora_adapter_mem="1Gi"
+        ),
+        inputs=kwtypes(support=FlyteDirectory),
+    )
+    ctx = FlyteContextManager.current_context()
+    local = TypeEngine.dict_to_literal_map(
+        ctx, {"support": FlyteDirectory("s3://b/x")}, {"support": FlyteDirectory}
+    ).to_flyte_idl()
+    local.literals["support"].scalar.blob.uri = "/home/me/adapter"  # a path of someone's machine
+    meta = server.stub.CreateTask(
+        create_request(task_template(task), execution(exec_name()), namespace, local), timeout=10
+    ).resource_meta
+    resource = server.stub.GetTask(get_request(meta), timeout=10).resource
+    assert resource.phase == TE.FAILED
+    assert "adapters.support" in resource.message and "is a path on the machine" in resource.message

@@ -150,11 +150,9 @@ def test_the_connector_reads_adapters_from_directory_and_dict_inputs() -> None:
         },
         {"support": FlyteDirectory, "more": dict[str, FlyteDirectory]},
     )
-    assert adapters_of(inputs) == {
-        "support": "s3://flyte/raw/a/o0",
-        "math": "s3://flyte/raw/b",
-        "code": "gs://c",
-    }
+    found = adapters_of(inputs)
+    assert found == {"support": "s3://flyte/raw/a/o0", "math": "s3://flyte/raw/b", "code": "gs://c"}
+    assert list(found) == ["code", "math", "support"]  # by input name ("more" < "support"), key
     assert adapters_of(None) == {}
 
 
