@@ -242,8 +242,9 @@ class NIM:
     liveness_failure_threshold: int = 3
     """Liveness failures before the NIM container is restarted."""
     lora_downloader_image: str | None = None
-    """Image of the adapter download container: python3 and huggingface_hub, no pip at start.
-    None: the connector's setting, else the NIM image itself (which ships both)."""
+    """Image of the Hugging Face adapter download container: any image with python3 (it runs
+    nim_agent/hf_download.py, standard library only). None: the connector's setting, else the
+    NIM image itself."""
     download_inputs: bool = False
     """Sidecar form only: an init container downloads the task's inputs (FlyteFiles too) to
     /shared/inputs.json and /shared/inputs/, a volume the NIM container also mounts."""
@@ -545,23 +546,19 @@ class NIM:
         return "/" + self.health_endpoint.lstrip("/")
 
     @property
-    def peft_source(self) -> str | None:
-        """The adapter directory ($NIM_PEFT_SOURCE) when adapters are downloaded, else None."""
-        return self.env.get(PEFT_SOURCE_ENV) if self.hf_repo_ids and self.env else None
-
-    @property
     def base_url(self) -> str:
         """Seed sidecar form: the NIM's URL from the task's own container."""
         return f"http://localhost:{self.port}"
 
     @property
     def pod_template(self) -> PodTemplate:
-        """Seed sidecar form: a flytekit PodTemplate running this NIM next to your task.
+        """Seed sidecar form: a flytekit PodTemplate running this NIM beside your task.
 
-        `pod_spec.containers[0]` is the NIM server (resources requests = limits, /dev/shm,
-        NGC key by secretKeyRef, startup probe); adapters are downloaded by an init container
-        into NIM_PEFT_SOURCE; the cache at /opt/nim/.cache is an emptyDir (or `cache_pvc`).
-        Your task container joins as the primary container when Flyte builds the pod.
+        The NIM server is a native sidecar, the last init container with restartPolicy Always
+        (resources requests = limits, /dev/shm, NGC key by secretKeyRef, startup probe), after
+        the adapter download into NIM_PEFT_SOURCE; the cache at /opt/nim/.cache is an emptyDir
+        (or `cache_pvc`). `pod_spec.containers` is empty: Flyte adds your task's container,
+        which Kubernetes starts once the server's startup probe has passed.
         """
         from nim_agent.sidecar import sidecar_pod_template  # imports flytekit and kubernetes
 
