@@ -66,12 +66,20 @@ AGENT_IMAGE="$(image_value NIM_AGENT_IMAGE || true)"
 REAL="${NIM_DEMO_REAL:-auto}"
 if [ "$REAL" != 0 ] && [ -n "$STANDIN_IMAGE" ] && [ -n "$AGENT_IMAGE" ]; then
   bold "6. On the real node: a task trains an adapter, the NIM serves it, the next step asks it"
-  # MinIO on the node's bridge address, where pods (port 9300) and this machine both reach it.
-  OBJECTSTORE_HOST=10.244.0.1 OBJECTSTORE_PORT=9300 devcluster/objectstore.sh up >/dev/null
+  # MinIO on the node's bridge address, where pods (port 9300) and this machine both reach it;
+  # stopped at the end unless it was running before.
+  export OBJECTSTORE_HOST=10.244.0.1 OBJECTSTORE_PORT=9300
+  if ! devcluster/objectstore.sh status 2>/dev/null; then
+    trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; devcluster/objectstore.sh down' EXIT
+  fi
+  devcluster/objectstore.sh up >/dev/null
   set -a
   # shellcheck disable=SC1091
   . "$ROOT/.devcluster/objectstore.env"
   set +a
+  # A real kubelet resolves the NGC key's secretKeyRef (the stand-in ignores the value).
+  kc -n "$NAMESPACE" create secret generic nim-secrets --from-literal=api_key=stand-in \
+    --dry-run=client -o yaml | kc apply -f - >/dev/null
   kc -n "$NAMESPACE" create secret generic object-store \
     --from-literal=FLYTE_AWS_ACCESS_KEY_ID="$FLYTE_AWS_ACCESS_KEY_ID" \
     --from-literal=FLYTE_AWS_SECRET_ACCESS_KEY="$FLYTE_AWS_SECRET_ACCESS_KEY" \

@@ -403,6 +403,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                     meta.name,
                     container=result.log_request.container,
                     previous=result.log_request.previous,
+                    lines=result.log_request.lines,
                 ),
                 None,
                 meta,

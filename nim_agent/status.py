@@ -216,6 +216,7 @@ class LogRequest:
 
     container: str
     previous: bool  # the log of the previous (crashed) instance of the container
+    lines: int = 20  # how many of the last lines to read
 
 
 @dataclass(frozen=True)
@@ -294,11 +295,17 @@ _LOG_TAIL_LINES = 20
 _LOG_TAIL_CHARS = 2000
 
 
-def _with_log(message: str, ctx: _Context) -> str:
+def _with_log(message: str, ctx: _Context, about: Sequence[str] = ()) -> str:
+    """`message` and the log tail; with `about`, only the lines naming one of those words (a
+    serving server's log is mostly its access log), else the last lines."""
     if not ctx.log_tail or not ctx.log_tail.strip():
         return message
-    lines = ctx.log_tail.rstrip().splitlines()[-_LOG_TAIL_LINES:]
-    tail = "\n".join(lines)[-_LOG_TAIL_CHARS:]
+    lines = ctx.log_tail.rstrip().splitlines()
+    named = [line for line in lines if any(word in line for word in about)]
+    if named:
+        tail = "\n".join(named[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
+        return f"{message}\nLog lines naming {', '.join(about)}:\n{tail}"
+    tail = "\n".join(lines[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
     return f"{message}\nLast log lines:\n{tail}"
 
 
@@ -473,6 +480,7 @@ _ADAPTER_HINT = (
     "profile; -variant images do not), the NIM_MAX_CPU_LORAS / NIM_MAX_GPU_LORAS limits, and the "
     "server's log"
 )
+_ADAPTER_LOG_LINES = 2000  # where the server said why it did not load an adapter, at its start
 _ROUTE_HINT = (
     "check the connector's route to the server (serving_check direct: the connector's network "
     "access to the pod's port; proxy: RBAC get on pods/proxy) and the server's log"
@@ -569,8 +577,9 @@ def _serving(ctx: _Context, took: str) -> _Verdict:
                     f"The NIM server has been ready for {_ago(ready_for)} but {MODELS_PATH} does "
                     f"not list {lacking} (it lists {listed}): {_ADAPTER_HINT}.",
                     ctx,
+                    about=lack.adapters,
                 ),
-                log,
+                LogRequest(NIM_CONTAINER, previous=False, lines=_ADAPTER_LOG_LINES),
             )
         return _Verdict(
             Phase.FAILED,
@@ -661,11 +670,19 @@ def _init_failure(ctx: _Context, *, final: bool) -> _Verdict | None:
         if container.oom_killed:
             return _oom(ctx, container)
         if final or container.restart_count >= threshold:
-            if container.is_lora_downloader:
+            if container.is_input_adapter_downloader:
+                hint = (
+                    "check that each adapter input is the folder of a LoRA adapter "
+                    "(adapter_config.json with *.safetensors or *.bin weights, or a .nemo file) "
+                    "and that the pod may read Flyte's object store (the connector's "
+                    "adapter_inputs_image, adapter_inputs_env and adapter_inputs_secret, or "
+                    "NIM(service_account=...))"
+                )
+            elif container.is_lora_downloader:
                 hint = (
                     "check hf_repo_ids (each an existing Hugging Face repository holding "
-                    "adapter_config.json and adapter_model.safetensors) and the HF token "
-                    "(NIMSecrets hf_token_group / hf_token_key)"
+                    "adapter_config.json and adapter_model.safetensors), hf_endpoint and the HF "
+                    "token (NIMSecrets hf_token_group / hf_token_key)"
                 )
             else:
                 hint = "check its log"

@@ -104,6 +104,15 @@ def server(module_connectors: Connectors) -> ConnectorServer:
     return module_connectors.start(SETTINGS, command="nim-agent")
 
 
+@pytest.fixture(autouse=True)
+def ngc_key(core_v1: client.CoreV1Api, namespace: str) -> None:
+    """The connector's default Secret with an NGC key (the stand-in ignores its value): a real
+    kubelet refuses to start a container whose secretKeyRef it cannot resolve."""
+    core_v1.create_namespaced_secret(
+        namespace, {"metadata": {"name": "nim-secrets"}, "stringData": {"api_key": "stand-in"}}
+    )
+
+
 def standin_nim(images: dict[str, str], **overrides: Any) -> NIM:
     """The NIM stand-in on the real node, small enough for this machine."""
     fields: dict[str, Any] = {
@@ -184,6 +193,10 @@ def test_a_hub_adapter_is_downloaded_verified_and_answers_requests_by_its_name(
         {"model": adapter, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8},
     )
     assert answer["model"] == adapter
+    count = server.metric("nim_agent_serving_check_seconds_count", route="proxy")
+    total = server.metric("nim_agent_serving_check_seconds_sum", route="proxy")
+    print(f"\nGET /v1/models of a real pod through the pod proxy: {count:.0f} requests, mean "
+          f"{1000 * total / max(count, 1):.1f} ms")  # fmt: skip
 
 
 def test_an_adapter_the_server_refuses_to_load_fails_the_task_naming_it(

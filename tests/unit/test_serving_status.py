@@ -307,14 +307,26 @@ def test_the_first_verification_gives_the_annotations_to_record() -> None:
     }
 
 
-def test_a_failure_after_the_window_asks_for_the_servers_log_and_shows_it() -> None:
+def test_a_missing_adapter_failure_shows_the_servers_log_lines_naming_it() -> None:
     pod, now = ready_pod(["x"]), T0 + timedelta(seconds=WINDOW_END)
     check = asked(listed(at=WINDOW_END))
     first = classify(pod, now=now, policy=POLICY, endpoint=ENDPOINT, serving=check)
     assert first.log_request is not None and first.log_request.container == "nim"
-    tail = "WARNING lora x: adapter_config.json not found"
+    assert first.log_request.lines >= 1000  # the reason is at start-up, before the access log
+    access = [f'10.244.0.1 - "GET /v1/models HTTP/1.1" 200 ({i})' for i in range(100)]
+    why = "ERROR failed to load LoRA adapter 'x' from /opt/nim/loras/x: no adapter_config.json"
+    tail = "\n".join(["INFO starting", why, *access])
     second = classify(pod, now=now, policy=POLICY, endpoint=ENDPOINT, serving=check, log_tail=tail)
-    assert second.message.endswith("Last log lines:\n" + tail)
+    assert second.message.endswith("Log lines naming x:\n" + why)
+
+
+def test_without_a_line_naming_the_adapter_the_last_lines_are_shown() -> None:
+    pod, now = ready_pod(["x"]), T0 + timedelta(seconds=WINDOW_END)
+    check = asked(listed(at=WINDOW_END))
+    tail = "\n".join(f"line {i}" for i in range(30))
+    result = classify(pod, now=now, policy=POLICY, endpoint=ENDPOINT, serving=check, log_tail=tail)
+    last = "\n".join(f"line {i}" for i in range(10, 30))
+    assert result.message.endswith("Last log lines:\n" + last)
 
 
 @pytest.mark.parametrize(

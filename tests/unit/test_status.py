@@ -453,6 +453,28 @@ CASES = [
             make_pod(
                 container(state=waiting("PodInitializing")),
                 init=[
+                    container(
+                        "lora-inputs",
+                        waiting("CrashLoopBackOff"),
+                        last=terminated(
+                            1, message="adapter support: cannot download s3://b/raw/o0", at=20
+                        ),
+                        restarts=3,
+                    )
+                ],
+            ),
+            Phase.FAILED,
+            Reason.INIT_CONTAINER_FAILED,
+            has=["lora-inputs", "cannot download s3://b/raw/o0", "adapter_inputs_secret"],
+            lacks=["hf_repo_ids"],
+        ),
+        id="a failing download of adapter inputs points at the object-store access",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(state=waiting("PodInitializing")),
+                init=[
                     container(LORA, waiting("CrashLoopBackOff"), last=terminated(137, "OOMKilled"))
                 ],
             ),
