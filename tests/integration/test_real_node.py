@@ -172,7 +172,7 @@ PROBE_PROGRAM = textwrap.dedent(
     """
     import errno, json, os, socket, ssl, sys, time, urllib.error, urllib.request
 
-    service, namespace, host_address = sys.argv[1], sys.argv[2], sys.argv[3]
+    service, namespace, host_address, hub_model = sys.argv[1:5]
     out = {}
     name = f"{service}.{namespace}.svc.cluster.local"
     out["resolved"] = socket.gethostbyname(name)
@@ -188,6 +188,9 @@ PROBE_PROGRAM = textwrap.dedent(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+    # The Hugging Face Hub stand-in, by its cluster DNS name (HF_ENDPOINT).
+    with urllib.request.urlopen(hub_model, timeout=20) as r:
+        out["hub_status"] = r.status
     sa = "/var/run/secrets/kubernetes.io/serviceaccount"
     token = open(f"{sa}/token").read()
     context = ssl.create_default_context(cafile=f"{sa}/ca.crt")
@@ -265,7 +268,15 @@ def test_a_pod_resolves_and_reaches_a_service_and_the_api_server_and_nothing_out
     client_pod = real_node_pod(
         "probe",
         images.python_base,
-        ["python3", "-c", PROBE_PROGRAM, "hello", namespace, outside],
+        [
+            "python3",
+            "-c",
+            PROBE_PROGRAM,
+            "hello",
+            namespace,
+            outside,
+            f"{images['HF_ENDPOINT']}/api/models/{images['HF_FIXTURE_REPO']}",
+        ],
         restart_policy="Never",
     )
     core_v1.create_namespaced_pod(namespace, client_pod)
@@ -281,6 +292,8 @@ def test_a_pod_resolves_and_reaches_a_service_and_the_api_server_and_nothing_out
 
     assert result["resolved"] == service.spec.cluster_ip
     assert result["service_body"] == "hello-from-hello"
+    assert images["HF_ENDPOINT"].endswith(".svc.cluster.local")
+    assert result["hub_status"] == 200
     assert result["api"] == "https://10.96.0.1:443"
     assert result["whoami"] == f"system:serviceaccount:{namespace}:default"
     # Routes: the pod range and the Service range, no default route (destination 00000000).
