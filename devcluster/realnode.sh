@@ -76,7 +76,7 @@ SYSCTLS=(net.ipv4.ip_forward net.bridge.bridge-nf-call-iptables vm.overcommit_me
 MACHINE_DIRS=(/run/containerd /var/lib/cni /var/lib/kubelet /var/log/containers /var/log/pods
   /etc/cni /opt/cni /opt/containerd /var/lib/containerd /run/netns /var/run/netns /etc/kubernetes)
 
-APT_PACKAGES=(containerd runc containernetworking-plugins conntrack iptables socat curl openssl)
+APT_PACKAGES=(containerd runc containernetworking-plugins conntrack iptables nftables socat curl openssl)
 
 log() { printf '%s devcluster/realnode: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -187,6 +187,8 @@ save_machine_state() {
   done >"$RN/saved/sysctl.tmp"
   local d
   for d in "${MACHINE_DIRS[@]}"; do [ -e "$d" ] || echo "$d"; done >"$RN/saved/absent-dirs"
+  # iptables (nft backend) makes its tables on first use; those that were not there are removed.
+  nft list tables >"$RN/saved/nft-tables" 2>/dev/null || true
   mv "$RN/saved/sysctl.tmp" "$RN/saved/sysctl"
 }
 
@@ -199,6 +201,18 @@ restore_machine_state() {
     [ "$(sysctl -n "$key" 2>/dev/null)" = "$value" ] || sysctl -qw "$key=$value" >/dev/null ||
       log "could not restore $key=$value"
   done <"$RN/saved/sysctl"
+  # nft tables that iptables made for the node's rules, when nothing else put rules in them.
+  if [ -f "$RN/saved/nft-tables" ] && command -v nft >/dev/null; then
+    local table
+    while IFS= read -r table; do
+      [ -n "$table" ] || continue
+      grep -qxF "$table" "$RN/saved/nft-tables" && continue
+      # shellcheck disable=SC2086
+      if [ -z "$(nft list $table 2>/dev/null | grep -vE '^\s*(table |chain |type |\}|$)')" ]; then
+        nft delete $table 2>/dev/null || log "could not delete nft $table"
+      fi
+    done < <(nft list tables 2>/dev/null)
+  fi
   # Folders that did not exist before `up`: everything in them is the node's (sockets, caches).
   local d
   while IFS= read -r d; do
@@ -766,7 +780,7 @@ leftovers() {
 }
 
 status() {
-  all_running && node_ready
+  all_running && node_ready && curl -fsS -o /dev/null "http://$REGISTRY/v2/"
 }
 
 mkdir -p "$STATE"

@@ -46,6 +46,14 @@ def absent_before() -> list[str]:
     return (REALNODE_STATE / "saved" / "absent-dirs").read_text().split()
 
 
+def nft_tables() -> set[str]:
+    return set(run("nft", "list", "tables").splitlines())
+
+
+def nft_tables_before() -> set[str]:
+    return set((REALNODE_STATE / "saved" / "nft-tables").read_text().splitlines())
+
+
 def sysctl_value(key: str) -> str:
     return Path("/proc/sys", key.replace(".", "/")).read_text().strip()
 
@@ -111,6 +119,7 @@ def test_cluster_down_leaves_nothing_of_the_real_node_behind(
     )
     sysctls = saved_sysctls()
     absent_dirs = absent_before()
+    tables_before = nft_tables_before()
     assert [m for m in what_is_left([]) if m.startswith("mount")], "the pod mounted nothing?"
 
     result = stop_everything()
@@ -118,6 +127,8 @@ def test_cluster_down_leaves_nothing_of_the_real_node_behind(
     try:
         assert what_is_left(absent_dirs) == []
         assert {k: sysctl_value(k) for k in sysctls} == sysctls
+        # iptables' nft tables made for the node's rules are gone too.
+        assert nft_tables() <= tables_before
         assert "10.244.0.0/24" not in run("ip", "route", "show")
     finally:
         # Leave a running cluster for what comes next (as the session found it).
