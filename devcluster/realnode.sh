@@ -125,19 +125,33 @@ our_pid() {
 
 running() { our_pid "$@" >/dev/null; }
 
-# stop_daemon NAME MARK [SECONDS]: SIGTERM to its session, SIGKILL after SECONDS (default 10)
-stop_daemon() {
-  local name=$1 mark=$2 grace=${3:-10} pid
-  if pid=$(our_pid "$name" "$mark"); then
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + grace))
-    while [ -d "/proc/$pid" ] && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-    if [ -d "/proc/$pid" ]; then
-      log "$name (pid $pid) did not stop within ${grace}s: killing it"
+alive() { # alive PID: running, not a zombie waiting for its parent
+  local state
+  state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null) || return 1
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# stop_daemons SECONDS NAME MARK [NAME MARK...]: SIGTERM to each one's session at once, SIGKILL
+# to those still running after SECONDS
+stop_daemons() {
+  local grace=$1; shift
+  local pids=() pid
+  while [ $# -gt 0 ]; do
+    if pid=$(our_pid "$1" "$2"); then
+      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+      pids+=("$pid")
+    fi
+    rm -f "$RN/pids/$1.pid"
+    shift 2
+  done
+  local deadline=$((SECONDS + grace))
+  for pid in "${pids[@]}"; do
+    while alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.1; done
+    if alive "$pid"; then
+      log "$(tr '\0' ' ' <"/proc/$pid/cmdline" | cut -c1-60) (pid $pid) did not stop within ${grace}s: killing it"
       kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
     fi
-  fi
-  rm -f "$RN/pids/$name.pid"
+  done
 }
 
 # Markers: a word of each daemon's command line that only our instance has.
@@ -399,7 +413,11 @@ EOF
 EOF
 }
 
-crictl() { "$BIN/crictl" --runtime-endpoint "unix://$CTR_SOCK" --image-endpoint "unix://$CTR_SOCK" --timeout 10s "$@"; }
+crictl() {
+  [ -f "$RN/crictl.yaml" ] ||
+    printf 'runtime-endpoint: unix://%s\nimage-endpoint: unix://%s\ntimeout: 10\n' "$CTR_SOCK" "$CTR_SOCK" >"$RN/crictl.yaml"
+  "$BIN/crictl" --config "$RN/crictl.yaml" "$@"
+}
 
 start_containerd() {
   running containerd "$MARK_CONTAINERD" && return 0
@@ -577,7 +595,13 @@ advertise_gpus() {
 # ---------------------------------------------------------------------------------------------
 # Cluster objects: the toleration policy, CoreDNS's RBAC, the Hub stand-in
 
+hub_namespace_not_terminating() {
+  [ "$(kc get namespace "$HUB_NAMESPACE" -o jsonpath='{.status.phase}' 2>/dev/null)" != Terminating ]
+}
+
 apply_cluster_objects() {
+  # A `down` of the node alone deletes the Hub's namespace; it must be gone before it is made again.
+  wait_for 60 "namespace $HUB_NAMESPACE to finish terminating" /dev/null hub_namespace_not_terminating
   kc apply -f "$HERE/realnode/cluster.yaml" >/dev/null
 }
 
@@ -697,17 +721,18 @@ down() {
   fi
   if [ -f "$ADMIN_KUBECONFIG" ] && [ -x "$BIN/kubectl" ] &&
      kc get --raw /readyz >/dev/null 2>&1; then
-    # The control plane stays up when only the node goes: leave it no node and no Hub.
-    kc delete namespace "$HUB_NAMESPACE" --wait=false --ignore-not-found >/dev/null 2>&1 || true
+    # The control plane stays up when only the node goes: it keeps no node. Pods bound to it go
+    # at once (no kubelet will confirm their end; they would wait for the pod GC). The Hub's
+    # Deployment and the cluster objects stay (its new pod waits for the node's return): deleting
+    # their namespace would leave it Terminating for a minute, in the way of the next `up`.
+    kc delete pods --all-namespaces --field-selector "spec.nodeName=$NODE_NAME" --grace-period=0 \
+      --force --wait=false >/dev/null 2>&1 || true
     kc delete node "$NODE_NAME" --wait=false --ignore-not-found >/dev/null 2>&1 || true
-    kc delete -f "$HERE/realnode/cluster.yaml" --wait=false --ignore-not-found >/dev/null 2>&1 || true
   fi
-  stop_daemon kubelet "$MARK_KUBELET"
-  stop_daemon kube-proxy "$MARK_PROXY"
-  stop_daemon coredns "$MARK_DNS"
-  stop_daemon apiserver-forward "$MARK_FORWARD"
+  stop_daemons 10 kubelet "$MARK_KUBELET" kube-proxy "$MARK_PROXY" coredns "$MARK_DNS" \
+    apiserver-forward "$MARK_FORWARD"
   remove_pods
-  stop_daemon containerd "$MARK_CONTAINERD" 15
+  stop_daemons 15 containerd "$MARK_CONTAINERD"
   kill_shims
   # Rules: kube-proxy's own clean-up, then every chain the node's components made.
   if [ -x "$BIN/kube-proxy" ]; then "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true; fi
@@ -722,7 +747,7 @@ down() {
   fi
   remove_cgroups
   restore_machine_state
-  stop_daemon registry "$MARK_REGISTRY"
+  stop_daemons 10 registry "$MARK_REGISTRY"
   rm -rf "$RN" "$STATE/images.env" "$STATE/registry.yml"
   if ! leftovers >/dev/null 2>&1; then
     log "WARNING: left behind after down:"; leftovers >&2 || true
