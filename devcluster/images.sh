@@ -41,11 +41,11 @@ base_recipe() {
     "$DEBIAN_SUITE" "$DEBIAN_MIRROR"
 }
 pause_recipe() {
-  printf 'pause v1\ncatatonit=%s %s\n' "$(dpkg-query -W -f='${Version}' catatonit)" \
+  printf 'pause v2\ncatatonit=%s %s\n' "$(dpkg-query -W -f='${Version}' catatonit)" \
     "$(sha256sum </usr/bin/catatonit | cut -d' ' -f1)"
 }
 standin_recipe() { # standin_recipe FILE
-  printf 'standin v1 base=%s\n%s %s\n' "$(base_recipe | sha)" "$(basename "$1")" \
+  printf 'standin v2 base=%s\n%s %s\n' "$(base_recipe | sha)" "$(basename "$1")" \
     "$(sha256sum <"$1" | cut -d' ' -f1)"
 }
 
@@ -76,6 +76,7 @@ build_pause() {
   log "building the pause image (catatonit -P)"
   local tmp="$dest.tmp"; rm -rf "$tmp"; mkdir -p "$tmp/root"
   cp /usr/bin/catatonit "$tmp/root/pause"
+  touch -d "@$SOURCE_DATE_EPOCH" "$tmp/root/pause"
   umoci init --layout "$tmp/oci"
   umoci new --image "$tmp/oci:image"
   umoci insert --image "$tmp/oci:image" --history.created "$CREATED" "$tmp/root/pause" /pause
@@ -127,6 +128,7 @@ build_standin() {
   cp -al "$base/blobs" "$tmp/oci/blobs"
   cp "$base/index.json" "$base/oci-layout" "$tmp/oci/"
   install -m 0644 "$file" "$tmp/root/$dir/$(basename "$file")"
+  touch -d "@$SOURCE_DATE_EPOCH" "$tmp/root/$dir" "$tmp/root/$dir/$(basename "$file")"
   umoci insert --image "$tmp/oci:image" --history.created "$CREATED" "$tmp/root/$dir" "/opt/$dir"
   local envs=(); for e in "$@"; do envs+=(--config.env "$e"); done
   umoci_config "$tmp/oci" --config.cmd python3 --config.cmd "/opt/$dir/$(basename "$file")" \
@@ -147,6 +149,7 @@ build_all() {
   if [ ! -d "$(layout nim-standin "$(key_standin)")" ]; then
     local cache_dir; cache_dir=$(mktemp -d)
     mkdir -p "$cache_dir/.cache"; chown 1000:1000 "$cache_dir/.cache"
+    touch -d "@$SOURCE_DATE_EPOCH" "$cache_dir" "$cache_dir/.cache"
     build_standin nim-standin "$(key_standin)" "$STANDIN_DIR/nim_standin.py" nim-standin \
       "STANDIN_IMAGE=$(ref_standin)" NIM_CACHE_PATH=/opt/nim/.cache
     local dest; dest=$(layout nim-standin "$(key_standin)")
