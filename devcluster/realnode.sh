@@ -16,19 +16,21 @@
 #               pods reach it as the `kubernetes` Service
 # Network: bridge nimbr0 (10.244.0.1/24) with the CNI plugins bridge + host-local + portmap (+
 # loopback); pods get routes to the pod and Service ranges only, and iptables rules (chains
-# NIM-REALNODE-*) drop anything from the bridge that would leave it, and every connection from
-# pods to the host except DNS and the apiserver.
+# NIM-REALNODE-*) drop anything from the bridge that would leave it, and refuse connections from
+# pods to the host except DNS, the apiserver and HOST_PORTS_FOR_PODS.
 # In the cluster: the node (labels nim-agent.dev/node=real; taints nvidia.com/gpu=present and
 # nim-agent.dev/node=real, NoSchedule; 8 nvidia.com/gpu), a MutatingAdmissionPolicy that gives
 # pods selecting the node its toleration, and the Hugging Face Hub stand-in (namespace
 # nim-devcluster). Image references and the Hub's address: .devcluster/images.env.
 #
 # Usage: devcluster/realnode.sh up | down | status | leftovers
-#   up         start whatever is not running (a running node is left alone) and wait until the
-#              node is Ready and the Hub stand-in serves
+#   up         start whatever is not running (a daemon whose settings changed is restarted),
+#              push new images, wait until the node is Ready and the Hub stand-in serves
 #   down       stop everything and remove what `up` created: processes, containers, mounts,
-#              network namespaces, veths, the bridge, iptables rules, cgroups, sysctl changes
-#   status     exit 0 when the node's processes run and the node is Ready
+#              network namespaces, veths, the bridge, iptables rules and nft tables, cgroups,
+#              sysctl changes, machine folders that were not there; when the control plane stays
+#              up, it deletes the node and force-deletes the pods bound to it
+#   status     exit 0 when the node's processes and the registry run and the node is Ready
 #   leftovers  list what a `down` should have removed and is still there (exit 1 if any)
 set -euo pipefail
 
