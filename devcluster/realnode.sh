@@ -771,6 +771,14 @@ down() {
     done
     ip link del "$BRIDGE"
   fi
+  # Connection tracking entries of pods and Services (they would only time out).
+  if command -v conntrack >/dev/null; then
+    local net
+    for net in "$POD_CIDR" "$SERVICE_CIDR"; do
+      conntrack -D -s "$net" >/dev/null 2>&1 || true
+      conntrack -D -d "$net" >/dev/null 2>&1 || true
+    done
+  fi
   remove_cgroups
   restore_machine_state
   stop_daemons 10 registry "$MARK_REGISTRY"

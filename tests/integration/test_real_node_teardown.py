@@ -83,6 +83,8 @@ def what_is_left(absent_dirs: list[str]) -> list[str]:
         for table in ("filter", "nat", "mangle", "raw"):
             rules = run(cmd, "-w", "-t", table, "-S")
             left += [f"{cmd} -t {table}: {r}" for r in rules.splitlines() if OUR_CHAINS.search(r)]
+    conntrack = run("conntrack", "-L")
+    left += [f"conntrack {c}" for c in conntrack.splitlines() if re.search(r"=10\.(244|96)\.", c)]
     for hierarchy in Path("/sys/fs/cgroup").iterdir():
         if (hierarchy / CGROUP_ROOT).exists():
             left.append(f"cgroup {hierarchy / CGROUP_ROOT}")
