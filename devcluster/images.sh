@@ -45,7 +45,7 @@ pause_recipe() {
     "$(sha256sum </usr/bin/catatonit | cut -d' ' -f1)"
 }
 standin_recipe() { # standin_recipe FILE
-  printf 'standin v2 base=%s\n%s %s\n' "$(base_recipe | sha)" "$(basename "$1")" \
+  printf 'standin v3 base=%s\n%s %s\n' "$(base_recipe | sha)" "$(basename "$1")" \
     "$(sha256sum <"$1" | cut -d' ' -f1)"
 }
 
@@ -148,6 +148,8 @@ build_all() {
   # pods mount a volume there, a bare run gets the folder from the image.
   if [ ! -d "$(layout nim-standin "$(key_standin)")" ]; then
     local cache_dir; cache_dir=$(mktemp -d)
+    # /opt/nim as NIM images have it: anyone may enter, uid 1000 owns the cache.
+    chmod 0755 "$cache_dir"
     mkdir -p "$cache_dir/.cache"; chown 1000:1000 "$cache_dir/.cache"
     touch -d "@$SOURCE_DATE_EPOCH" "$cache_dir" "$cache_dir/.cache"
     build_standin nim-standin "$(key_standin)" "$STANDIN_DIR/nim_standin.py" nim-standin \

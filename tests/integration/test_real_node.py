@@ -335,3 +335,42 @@ def test_a_missing_tag_is_the_kubelets_real_image_pull_error(
     )
     assert "not found" in failed[0].message, failed[0].message
     assert failed[0].source.host == NODE_NAME
+
+
+def test_the_nim_standin_image_runs_as_uid_1000_with_its_program_and_a_writable_cache(
+    images: ImagesEnv, core_v1: client.CoreV1Api, namespace: str
+) -> None:
+    # The image's own settings: the stand-in program, its cache folder (writable by uid 1000 as in
+    # NIM images, also without a volume) and the image reference it derives its model id from.
+    check = (
+        "import json, os, pwd; print(json.dumps({"
+        "'uid': os.getuid(), 'user': pwd.getpwuid(os.getuid()).pw_name,"
+        "'program': os.path.isfile('/opt/nim-standin/nim_standin.py'),"
+        "'cache_writable': os.access(os.environ['NIM_CACHE_PATH'], os.W_OK),"
+        "'cache': os.environ['NIM_CACHE_PATH'], 'image': os.environ['STANDIN_IMAGE']}))"
+    )
+    core_v1.create_namespaced_pod(
+        namespace,
+        real_node_pod(
+            "nim-image",
+            images["NIM_STANDIN_IMAGE"],
+            ["python3", "-c", check],
+            restart_policy="Never",
+        ),
+    )
+    pod = wait_for(
+        lambda: pod_finished(core_v1, namespace, "nim-image"),
+        timeout=POD_TIMEOUT,
+        what="pod nim-image finished",
+        describe=lambda: describe_namespace(core_v1.api_client, namespace),
+    )
+    logs = core_v1.read_namespaced_pod_log("nim-image", namespace)
+    assert pod.status.phase == "Succeeded", logs
+    assert json.loads(logs.strip().splitlines()[-1]) == {
+        "uid": 1000,
+        "user": "nim",
+        "program": True,
+        "cache_writable": True,
+        "cache": "/opt/nim/.cache",
+        "image": images["NIM_STANDIN_IMAGE"],
+    }
