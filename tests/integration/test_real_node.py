@@ -374,3 +374,73 @@ def test_the_nim_standin_image_runs_as_uid_1000_with_its_program_and_a_writable_
         "cache": "/opt/nim/.cache",
         "image": images["NIM_STANDIN_IMAGE"],
     }
+
+
+HUB_PROGRAM = textwrap.dedent(
+    """
+    import json, os, sys, urllib.error, urllib.request
+
+    endpoint, public, private = sys.argv[1:4]
+    token = os.environ["HF_TOKEN"]
+
+    def status(path, token=None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        request = urllib.request.Request(f"{endpoint}{path}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=20) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    print(json.dumps({
+        "public": status(f"/api/models/{public}"),
+        "public_weights": status(f"/{public}/resolve/main/adapter_model.safetensors"),
+        "private_without_token": status(f"/api/models/{private}"),
+        "private_with_token": status(f"/api/models/{private}", token),
+    }))
+    """
+)
+
+
+def test_the_hub_standin_serves_pods_at_hf_endpoint_with_the_fixture_token(
+    images: ImagesEnv, core_v1: client.CoreV1Api, namespace: str
+) -> None:
+    # The node script's Secret holds the token the Hub accepts; a test namespace gets its own copy.
+    source = core_v1.read_namespaced_secret(
+        images["HF_FIXTURE_TOKEN_SECRET"], images["HF_FIXTURE_TOKEN_SECRET_NAMESPACE"]
+    )
+    core_v1.create_namespaced_secret(
+        namespace, {"metadata": {"name": "hf-token"}, "data": {"token": source.data["token"]}}
+    )
+    pod = real_node_pod(
+        "hub-client",
+        images.python_base,
+        [
+            "python3",
+            "-c",
+            HUB_PROGRAM,
+            images["HF_ENDPOINT"],
+            images["HF_FIXTURE_REPO"],
+            images["HF_FIXTURE_PRIVATE_REPO"],
+        ],
+        restart_policy="Never",
+    )
+    pod["spec"]["containers"][0]["env"] = [
+        {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}}
+    ]
+    core_v1.create_namespaced_pod(namespace, pod)
+    finished = wait_for(
+        lambda: pod_finished(core_v1, namespace, "hub-client"),
+        timeout=POD_TIMEOUT,
+        what="pod hub-client finished",
+        describe=lambda: describe_namespace(core_v1.api_client, namespace),
+    )
+    logs = core_v1.read_namespaced_pod_log("hub-client", namespace)
+    assert finished.status.phase == "Succeeded", logs
+    # The weights come through the Hub's redirect to its "CDN" port, by the same Service name.
+    assert json.loads(logs.strip().splitlines()[-1]) == {
+        "public": 200,
+        "public_weights": 200,
+        "private_without_token": 401,
+        "private_with_token": 200,
+    }
