@@ -190,10 +190,12 @@ def test_next_step_consumes_the_endpoint_and_tears_the_server_down(
     # Propeller called the sync teardown (ExecuteTaskSync) with the endpoint as its input ...
     # (flytekit counts the call after its answer is sent: the workflow may finish first)
     wait_for(
-        lambda: flyte.connector.metric(
-            "flyte_connector_requests_success_total", task_type="nim-teardown", operation="do"
-        )
-        == teardowns + 1,
+        lambda: (
+            flyte.connector.metric(
+                "flyte_connector_requests_success_total", task_type="nim-teardown", operation="do"
+            )
+            == teardowns + 1
+        ),
         timeout=30,
         what="the connector to count one teardown call",
     )
