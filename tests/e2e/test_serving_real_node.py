@@ -39,14 +39,19 @@ from tests.connector_server import (
     poll,
     task_template,
 )
+from tests.realnode import (
+    IMAGES_ENV,
+    NODE_IP,
+    NODE_NAME,
+    NODE_SELECTOR,
+    RealNodeUnavailable,
+    ensure_real_node,
+)
 
 TE = execution_pb2.TaskExecution
-IMAGES_ENV = DEVCLUSTER / "images.env"
-REAL_NODE = "nim-real-0"
-NODE_SELECTOR = {"nim-agent.dev/node": "real"}
-NODE_ADDRESS = "10.244.0.1"  # the host on the real node's bridge: what pods reach
 OBJECTSTORE_PORT = "9300"  # the host port pods may reach (the real node's HOST_PORTS_FOR_PODS)
 BASE = "meta/llama3-8b-instruct"  # the model id the stand-in image derives from its name
+pytestmark = pytest.mark.real_node
 SECRETS = NIMSecrets(ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="")
 SETTINGS = {
     "NIM_AGENT_SERVING_CHECK": "proxy",  # the connector runs on the host, outside the cluster
@@ -57,21 +62,6 @@ SETTINGS = {
 }
 # Pulling, starting and downloading on a loaded 2-core machine: bounds, not expectations.
 SERVE_TIMEOUT_S = 240
-
-
-def read_images_env() -> dict[str, str]:
-    if not IMAGES_ENV.is_file():
-        pytest.fail(
-            f"{IMAGES_ENV} is missing: these tests need the real node and its images "
-            "(make cluster-up starts them)",
-            pytrace=False,
-        )
-    values = {}
-    for line in IMAGES_ENV.read_text().splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep and not key.startswith("#"):
-            values[key] = value
-    return values
 
 
 def require(images: dict[str, str], *keys: str) -> None:
@@ -86,16 +76,14 @@ def require(images: dict[str, str], *keys: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def images(core_v1: client.CoreV1Api) -> dict[str, str]:
-    images = read_images_env()
-    require(images, "NIM_STANDIN_IMAGE", "HF_ENDPOINT", "HF_FIXTURE_REPO")
+def images(kubeconfig_path: Path) -> dict[str, str]:
+    """images.env of the running real node (started when it is not; the tests fail saying why
+    when it cannot be)."""
     try:
-        node = core_v1.read_node(REAL_NODE)
-    except client.ApiException as e:
-        pytest.fail(f"the real node {REAL_NODE} is not in the cluster ({e.reason})", pytrace=False)
-    ready = {c.type: c.status for c in node.status.conditions or []}.get("Ready")
-    if ready != "True":
-        pytest.fail(f"the real node {REAL_NODE} is not Ready", pytrace=False)
+        images = dict(ensure_real_node().values)
+    except RealNodeUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+    require(images, "NIM_STANDIN_IMAGE", "HF_ENDPOINT", "HF_FIXTURE_REPO")
     return images
 
 
@@ -178,7 +166,7 @@ def test_a_hub_adapter_is_downloaded_verified_and_answers_requests_by_its_name(
     endpoint = TypeEngine.to_python_value(ctx, literal, NIMEndpoint)
     assert endpoint.model == BASE and endpoint.adapters == [adapter]
     [pod] = our_pods(core_v1, namespace)
-    assert pod.spec.node_name == REAL_NODE
+    assert pod.spec.node_name == NODE_NAME
     assert ANNOTATION_SERVED_AT in pod.metadata.annotations
     # The downloader fetched only the adapter's files, from the Hub stand-in.
     log = core_v1.read_namespaced_pod_log(pod.metadata.name, namespace, container="lora-downloader")
@@ -315,7 +303,7 @@ def object_store() -> Iterator[dict[str, str]]:
     """MinIO on the real node's bridge address (devcluster/objectstore.sh), for pods and us."""
     env = {
         **os.environ,
-        "OBJECTSTORE_HOST": NODE_ADDRESS,
+        "OBJECTSTORE_HOST": NODE_IP,
         "OBJECTSTORE_PORT": OBJECTSTORE_PORT,
         "DEVCLUSTER_DIR": str(DEVCLUSTER),
     }
