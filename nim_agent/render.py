@@ -75,7 +75,7 @@ from nim_agent.contract import (
     endpoint_for,
     format_time,
 )
-from nim_agent.settings import ConnectorSettings, flytekit_image
+from nim_agent.settings import SECURITY_PROFILES, ConnectorSettings, flytekit_image
 
 if TYPE_CHECKING:
     from nim_agent.config import NIM
@@ -682,7 +682,10 @@ def render_service(
 
     With `pod_uid` it is owned by the Pod, so deleting the Pod deletes it.
     """
-    pod = render_pod(nim, identity)
+    # The Service takes the Pod's name, labels, annotations and port, none of which a policy
+    # of the settings changes: render with settings that refuse nothing.
+    lenient = ConnectorSettings(allowed_security_profiles=SECURITY_PROFILES)
+    pod = render_pod(nim, identity, lenient)
     if pod_uid is not None:
         pod["metadata"]["uid"] = pod_uid
     return service_for_pod(pod)

@@ -483,3 +483,10 @@ def test_flyte_adds_the_task_container_beside_the_native_sidecar() -> None:
     assert [c["name"] for c in pod_spec["containers"]] == ["primary"]
     assert [c["name"] for c in pod_spec["initContainers"]] == ["lora-downloader", "nim"]
     assert pod_spec["initContainers"][-1]["restartPolicy"] == "Always"
+
+
+def test_the_service_of_a_deployment_does_not_depend_on_the_settings_policy() -> None:
+    nim = NIM(secrets=SECRETS, security_profile="nvidia", cache_pvc="cache")
+    service = render_service(nim, IDENTITY, pod_uid=POD_UID)
+    allowed = ConnectorSettings(allowed_security_profiles=("nvidia",))
+    assert service == render(nim, IDENTITY, allowed, pod_uid=POD_UID)[1]
