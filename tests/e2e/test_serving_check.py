@@ -96,7 +96,11 @@ def nim_server(tmp_path: Path, adapters: list[str], **env: str) -> Process:
         **env,
     )
     proc.url = proc.url.replace("127.0.0.1", host_address())
-    wait_for(lambda: "is ready to serve" in proc.log(), timeout=30, what="the stand-in to be ready")
+    try:
+        wait_for(lambda: "is ready to serve" in proc.log(), timeout=30, what="the stand-in ready")
+    except BaseException:
+        proc.stop()  # the caller's try/finally has not begun yet
+        raise
     return proc
 
 

@@ -55,9 +55,11 @@ def nim(tmp_path: Path) -> Iterator[Process]:
         STANDIN_STARTUP_SECONDS="0.2",
         STANDIN_REJECT_ADAPTERS="math-lora",
     )
-    ready(proc)
-    yield proc
-    proc.stop()
+    try:
+        ready(proc)
+        yield proc
+    finally:
+        proc.stop()
 
 
 async def test_the_direct_route_reads_the_servers_model_list(nim: Process) -> None:
