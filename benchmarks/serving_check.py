@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -77,8 +79,7 @@ def main() -> int:
     core = client.CoreV1Api(api)
     namespace = f"bench-serving-{uuid.uuid4().hex[:6]}"
     port = free_port()
-    work = Path(f"/tmp/{namespace}")
-    work.mkdir()
+    work = Path(tempfile.mkdtemp(prefix=f"{namespace}-"))
     nim = start_nim(work, NIM_SERVER_PORT=str(port), STANDIN_HOST=host_address())
     try:
         wait_for(lambda: "is ready to serve" in nim.log(), timeout=30, what="the stand-in")
@@ -122,6 +123,7 @@ def main() -> int:
         }
     finally:
         nim.stop()
+        shutil.rmtree(work, ignore_errors=True)
         try:
             core.delete_namespace(namespace)
         finally:
