@@ -43,13 +43,18 @@ unit: setup ## fast tests, no cluster (what a bare `pytest` runs)
 proto: setup ## regenerate nim_agent/_proto from proto/ (committed; a unit test checks it is fresh)
 	$(PY) proto/generate.py
 
-cluster-build: ## build or reuse the control-plane binaries (cached in ~/.cache/nim-agent), links in .devcluster/bin
-	DEVCLUSTER_BIN="$(CURDIR)/.devcluster/bin" devcluster/build.sh
+# REAL_NODE=0: the control plane with kwok nodes only (no root, no images, no real node).
+REAL_NODE ?= 1
+export REAL_NODE
 
-cluster-up: cluster-build ## start the local control plane unless running (kubeconfig: .devcluster/kubeconfig)
+cluster-build: ## build or reuse the control-plane binaries and the real node's images (cached in ~/.cache/nim-agent)
+	DEVCLUSTER_BIN="$(CURDIR)/.devcluster/bin" devcluster/build.sh
+	if [ "$(REAL_NODE)" != 0 ]; then devcluster/images.sh build; fi
+
+cluster-up: cluster-build ## start the control plane and the real node unless running (kubeconfig: .devcluster/kubeconfig)
 	devcluster/cluster.sh up
 
-cluster-down: ## stop the local control plane, delete its state (nothing running: no-op)
+cluster-down: ## stop the control plane and the real node, remove all they made (nothing running: no-op)
 	devcluster/cluster.sh down
 
 integration: setup cluster-up ## tests against the local control plane

@@ -10,6 +10,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export DEVCLUSTER_DIR="${DEVCLUSTER_DIR:-$ROOT/.devcluster-bench}"
+# One real node per machine (it belongs to the main control plane): kwok nodes only here.
+export REAL_NODE=0
 export NIM_AGENT_CLUSTER="${NIM_AGENT_CLUSTER:-nim-agent-bench}"
 export NODES_GPU="${NODES_GPU:-135}" GPUS_PER_NODE="${GPUS_PER_NODE:-16}" NODES_CPU="${NODES_CPU:-0}"
 

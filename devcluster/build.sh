@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Build the local control plane's binaries from package registries only (no Docker, no release
 # downloads): kube-apiserver, kube-scheduler, kube-controller-manager and kubectl from the
-# k8s.io/kubernetes Go module, etcd from go.etcd.io/etcd/server/v3, kwok/kwokctl and helm.
+# k8s.io/kubernetes Go module, etcd from go.etcd.io/etcd/server/v3, kwok/kwokctl and helm; for
+# the real node kubelet and kube-proxy (same module), CoreDNS, the distribution registry and
+# crictl.
 #
 # Binaries are cached outside the work tree, keyed by version, and rebuilt only when missing:
 #   ${NIM_AGENT_CACHE:-~/.cache/nim-agent}/bin/<component>-<version>/<binary>
@@ -19,6 +21,10 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.16}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.21.4}"
+# The real node's helpers (devcluster/realnode.sh): cluster DNS, the local OCI registry, crictl.
+COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
+DISTRIBUTION_VERSION="${DISTRIBUTION_VERSION:-v3.1.2}"
+CRI_TOOLS_VERSION="${CRI_TOOLS_VERSION:-v1.37.0}"
 
 CACHE="${NIM_AGENT_CACHE:-$HOME/.cache/nim-agent}"
 LOG="$CACHE/build.log"
@@ -169,6 +175,75 @@ go_install() {
   log "built $name $version"
 }
 
+# wrapper_build NAME VERSION DEST BINARY MODULE MAIN_GO: build one binary from a two-file wrapper
+# module (go.mod requiring MODULE@VERSION, and MAIN_GO as main.go) that compiles in only the
+# packages we use; the upstream main packages pull in every cloud SDK.
+wrapper_build() {
+  local name=$1 version=$2 dest=$3 bin=$4 module=$5 main_go=$6
+  have "$dest" "$bin" && return 0
+  need_go
+  local t0=$SECONDS src="$CACHE/src/$name-$version"
+  log "building $name $version"
+  mkdir -p "$src"
+  printf 'module nim-agent.dev/devcluster/%s\n\ngo 1.26\n\nrequire %s %s\n' "$name" "$module" "$version" > "$src/go.mod"
+  printf '%s\n' "$main_go" > "$src/main.go"
+  local tmp="$dest.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  ( cd "$src" && go build -trimpath -ldflags "-s -w" -o "$tmp/$bin" . ) >>"$LOG" 2>&1 \
+    || die "go build of $name $version failed (last lines: $(tail -5 "$LOG" | tr '\n' ' '))"
+  finish "$tmp" "$dest"
+  log "built $name $version in $((SECONDS - t0))s"
+}
+
+# CoreDNS with the plugins the real node's Corefile uses (devcluster/realnode/Corefile).
+build_coredns() {
+  wrapper_build coredns "$COREDNS_VERSION" "$CACHE/bin/coredns-$COREDNS_VERSION" coredns \
+    github.com/coredns/coredns '// CoreDNS with only the plugins the local real node uses.
+package main
+
+import (
+	_ "github.com/coredns/coredns/plugin/bind"
+	_ "github.com/coredns/coredns/plugin/cache"
+	_ "github.com/coredns/coredns/plugin/errors"
+	_ "github.com/coredns/coredns/plugin/health"
+	_ "github.com/coredns/coredns/plugin/kubernetes"
+	_ "github.com/coredns/coredns/plugin/loadbalance"
+	_ "github.com/coredns/coredns/plugin/log"
+	_ "github.com/coredns/coredns/plugin/ready"
+
+	"github.com/coredns/coredns/coremain"
+)
+
+func main() { coremain.Run() }'
+}
+
+# The CNCF distribution registry with its filesystem storage driver only.
+build_registry() {
+  wrapper_build registry "$DISTRIBUTION_VERSION" "$CACHE/bin/registry-$DISTRIBUTION_VERSION" registry \
+    github.com/distribution/distribution/v3 '// The distribution registry with the filesystem storage driver only.
+package main
+
+import (
+	"os"
+
+	"github.com/distribution/distribution/v3/registry"
+	_ "github.com/distribution/distribution/v3/registry/storage/driver/filesystem"
+)
+
+func main() {
+	if err := registry.RootCmd.Execute(); err != nil {
+		os.Exit(1)
+	}
+}'
+}
+
+# crictl: the real node's containers seen through the CRI (debugging, and a clean stop of every
+# pod sandbox when the node goes down).
+build_crictl() {
+  go_install cri-tools "$CRI_TOOLS_VERSION" "$CACHE/bin/cri-tools-$CRI_TOOLS_VERSION" \
+    "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
+}
+
 build_kwok() {
   go_install kwok "$KWOK_VERSION" "$CACHE/bin/kwok-$KWOK_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
@@ -180,7 +255,7 @@ build_helm() {
 }
 
 if [ "${1:-}" = "--print-versions" ]; then
-  echo "K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION KWOK_VERSION=$KWOK_VERSION HELM_VERSION=$HELM_VERSION"
+  echo "K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION KWOK_VERSION=$KWOK_VERSION HELM_VERSION=$HELM_VERSION COREDNS_VERSION=$COREDNS_VERSION DISTRIBUTION_VERSION=$DISTRIBUTION_VERSION CRI_TOOLS_VERSION=$CRI_TOOLS_VERSION"
   exit 0
 fi
 
@@ -196,13 +271,17 @@ build_helm
 build_etcd
 build_kubernetes
 build_kubernetes_node
+build_coredns
+build_registry
+build_crictl
 
 # One folder of links, as the Makefile and tests expect them.
 link_dir="${DEVCLUSTER_BIN:-$CACHE/bin/current}"
 mkdir -p "$link_dir"
 for f in "$CACHE/bin/kubernetes-$K8S_VERSION"/* "$CACHE/bin/etcd-$ETCD_VERSION"/* \
          "$CACHE/bin/kwok-$KWOK_VERSION"/* "$CACHE/bin/helm-$HELM_VERSION"/* \
-         "$CACHE/bin/kubernetes-node-$K8S_VERSION"/*; do
+         "$CACHE/bin/kubernetes-node-$K8S_VERSION"/* "$CACHE/bin/coredns-$COREDNS_VERSION"/* \
+         "$CACHE/bin/registry-$DISTRIBUTION_VERSION"/* "$CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"/*; do
   ln -sfn "$f" "$link_dir/$(basename "$f")"
 done
 log "binaries ready in $link_dir ($(( $(date +%s) - start ))s)"

@@ -17,6 +17,9 @@
 #             nvidia.com/gpu=present:NoSchedule as GPU pools usually are
 #   NODES_CPU [1] untainted CPU nodes, 16 cpu, 64Gi
 #   NIM_AGENT_CLUSTER [nim-agent] cluster name; DEVCLUSTER_DIR [.devcluster] state folder
+#   REAL_NODE [1] also start the real node nim-real-0 (devcluster/realnode.sh: kubelet,
+#             containerd, runc, CNI, kube-proxy, CoreDNS, the local registry and the Hugging Face
+#             Hub stand-in); 0: kwok nodes only. `down` stops the real node whatever REAL_NODE says.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -29,6 +32,7 @@ NODES_GPU="${NODES_GPU:-4}"
 NODES_CPU="${NODES_CPU:-1}"
 GPUS_PER_NODE="${GPUS_PER_NODE:-8}"
 READY_TIMEOUT="${READY_TIMEOUT:-120}"
+REAL_NODE="${REAL_NODE:-1}"
 
 export KWOK_WORKDIR="$STATE/kwok"
 CLUSTER_DIR="$KWOK_WORKDIR/clusters/$NAME"
@@ -202,10 +206,28 @@ kwokctl_create() {
     --kwok-controller-binary "$BIN/kwok"
 }
 
+# A control plane made before the real node existed lacks what its pods need (the apiserver's
+# certificate for the `kubernetes` Service IP, its advertised address): it is made again.
+made_for_real_node() {
+  openssl x509 -in "$CLUSTER_DIR/pki/admin.crt" -noout -ext subjectAltName 2>/dev/null | grep -qF 10.96.0.1 &&
+    grep -qF advertise-address "$CLUSTER_DIR/kwok.yaml" 2>/dev/null
+}
+
+real_node_up() {
+  [ "$REAL_NODE" = 0 ] && return 0
+  "$HERE/realnode.sh" up 9>&- ||
+    die "the real node did not start (above; logs in ${STATE#"$ROOT/"}/realnode/logs). REAL_NODE=0 starts the control plane without it"
+}
+
 up() {
   require_binaries
+  if healthy && [ "$REAL_NODE" != 0 ] && ! made_for_real_node; then
+    log "the running cluster '$NAME' was made before the real node existed: making it again"
+    down
+  fi
   if healthy; then
     ensure_nodes
+    real_node_up
     log "cluster '$NAME' already running (kubeconfig: ${KUBECONFIG_OUT#"$ROOT/"})"
     return 0
   fi
@@ -231,10 +253,17 @@ up() {
   fi
   wait_control_plane
   ensure_nodes
-  log "cluster '$NAME' ready in $((SECONDS - start))s: $NODES_GPU GPU node(s) x $GPUS_PER_NODE nvidia.com/gpu, $NODES_CPU CPU node(s); kubeconfig: ${KUBECONFIG_OUT#"$ROOT/"}"
+  real_node_up
+  local real="no real node"
+  [ "$REAL_NODE" = 0 ] || real="real node nim-real-0"
+  log "cluster '$NAME' ready in $((SECONDS - start))s: $NODES_GPU GPU node(s) x $GPUS_PER_NODE nvidia.com/gpu, $NODES_CPU CPU node(s), $real; kubeconfig: ${KUBECONFIG_OUT#"$ROOT/"}"
 }
 
 down() {
+  # The real node first, while the apiserver still answers.
+  if [ -d "$STATE/realnode" ]; then
+    "$HERE/realnode.sh" down 9>&- || log "stopping the real node failed (above)"
+  fi
   if [ ! -d "$CLUSTER_DIR" ]; then
     rm -f "$KUBECONFIG_OUT"
     log "no cluster '$NAME' here: nothing to stop"

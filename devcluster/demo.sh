@@ -6,7 +6,14 @@
 #   3. call it as flytepropeller does: CreateTask, then GetTask until the NIM serves;
 #   4. `nim-agent list`, then `nim-agent teardown`;
 #   5. `pyflyte run` of the whole workflow (NIM -> a step using its endpoint -> teardown);
-#   6. stop the connector (the control plane keeps running: `make cluster-down` stops it).
+#   6. on the real node, when there is one: `pyflyte run` of the fine-tune story (a task trains an
+#      adapter, the NIM stand-in serves it from the object store, the next step's question is
+#      answered by that adapter, teardown);
+#   7. stop the connector (the control plane keeps running: `make cluster-down` stops it).
+# Steps 1 to 5 run on kwok's simulated nodes, whose pods serve no HTTP: there the connector's
+# /v1/models check is off (NIM_AGENT_SERVING_CHECK=off). Step 6 needs .devcluster/images.env with
+# NIM_STANDIN_IMAGE (the real node) and NIM_AGENT_IMAGE (make image); NIM_DEMO_REAL=0 skips it,
+# NIM_DEMO_REAL=1 makes its absence an error.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,7 +34,7 @@ kc get nodes -o custom-columns='NODE:.metadata.name,GPUS:.status.allocatable.nvi
 kc create namespace "$NAMESPACE" --dry-run=client -o yaml | kc apply -f - >/dev/null
 
 bold "2. The connector: nim-agent serve (gRPC :$PORT, metrics :$METRICS_PORT)"
-NIM_AGENT_REAP_INTERVAL=5s "$VENV/nim-agent" serve --port "$PORT" --metrics-port "$METRICS_PORT" >"$LOG" 2>&1 &
+NIM_AGENT_SERVING_CHECK=off NIM_AGENT_REAP_INTERVAL=5s "$VENV/nim-agent" serve --port "$PORT" --metrics-port "$METRICS_PORT" >"$LOG" 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 1 120); do
@@ -50,7 +57,49 @@ echo "  metrics (nim_agent_*):"
 curl -s "http://127.0.0.1:$METRICS_PORT/metrics" | grep -E '^nim_agent_(deployments_created|deletions|time_to_ready_seconds_count|kube_requests)_total|^nim_agent_time_to_ready_seconds_count' | sed 's/^/    /'
 
 bold "5. pyflyte run examples/demo_workflow.py wf (NIM -> chat_request(endpoint) -> teardown)"
-NIM_AGENT_DEFAULT_NAMESPACE="$NAMESPACE" "$VENV/pyflyte" run examples/demo_workflow.py wf --question "What is Flyte?"
+NIM_AGENT_SERVING_CHECK=off NIM_AGENT_DEFAULT_NAMESPACE="$NAMESPACE" "$VENV/pyflyte" run examples/demo_workflow.py wf --question "What is Flyte?"
+
+IMAGES_ENV="$ROOT/.devcluster/images.env"
+image_value() { [ -f "$IMAGES_ENV" ] && sed -n "s/^$1=//p" "$IMAGES_ENV" | tail -1; }
+STANDIN_IMAGE="$(image_value NIM_STANDIN_IMAGE || true)"
+AGENT_IMAGE="$(image_value NIM_AGENT_IMAGE || true)"
+REAL="${NIM_DEMO_REAL:-auto}"
+if [ "$REAL" != 0 ] && [ -n "$STANDIN_IMAGE" ] && [ -n "$AGENT_IMAGE" ]; then
+  bold "6. On the real node: a task trains an adapter, the NIM serves it, the next step asks it"
+  # MinIO on the node's bridge address, where pods (port 9300) and this machine both reach it;
+  # stopped at the end unless it was running before.
+  export OBJECTSTORE_HOST=10.244.0.1 OBJECTSTORE_PORT=9300
+  if ! devcluster/objectstore.sh status 2>/dev/null; then
+    trap 'kill $SERVER 2>/dev/null || true; wait $SERVER 2>/dev/null || true; devcluster/objectstore.sh down' EXIT
+  fi
+  devcluster/objectstore.sh up >/dev/null
+  set -a
+  # shellcheck disable=SC1091
+  . "$ROOT/.devcluster/objectstore.env"
+  set +a
+  # A real kubelet resolves the NGC key's secretKeyRef (the stand-in ignores the value).
+  kc -n "$NAMESPACE" create secret generic nim-secrets --from-literal=api_key=stand-in \
+    --dry-run=client -o yaml | kc apply -f - >/dev/null
+  kc -n "$NAMESPACE" create secret generic object-store \
+    --from-literal=FLYTE_AWS_ACCESS_KEY_ID="$FLYTE_AWS_ACCESS_KEY_ID" \
+    --from-literal=FLYTE_AWS_SECRET_ACCESS_KEY="$FLYTE_AWS_SECRET_ACCESS_KEY" \
+    --dry-run=client -o yaml | kc apply -f - >/dev/null
+  NIM_AGENT_SERVING_CHECK=proxy NIM_AGENT_DEFAULT_NAMESPACE="$NAMESPACE" \
+    NIM_AGENT_ADAPTER_INPUTS_IMAGE="$AGENT_IMAGE" \
+    NIM_AGENT_ADAPTER_INPUTS_ENV="{\"FLYTE_AWS_ENDPOINT\": \"$FLYTE_AWS_ENDPOINT\"}" \
+    NIM_AGENT_ADAPTER_INPUTS_SECRET=object-store \
+    NIM_DEMO_IMAGE="$STANDIN_IMAGE" NIM_DEMO_NODE_SELECTOR=nim-agent.dev/node=real \
+    NIM_DEMO_MEM=512Mi NIM_DEMO_SHM=64Mi \
+    "$VENV/pyflyte" run --raw-output-data-prefix "$OBJECTSTORE_RAW_OUTPUT_PREFIX" \
+    examples/demo_workflow.py tuned --question "What is Flyte?"
+elif [ "$REAL" = 1 ]; then
+  echo "NIM_DEMO_REAL=1 but $IMAGES_ENV lacks NIM_STANDIN_IMAGE (the real node) or NIM_AGENT_IMAGE (make image)" >&2
+  exit 1
+elif [ "$REAL" != 0 ]; then
+  bold "6. (skipped) The fine-tune story needs the real node and the connector's image"
+  echo "  $IMAGES_ENV lacks NIM_STANDIN_IMAGE or NIM_AGENT_IMAGE: start the real node"
+  echo "  (make cluster-up) and build the image (make image), then run make demo again."
+fi
 
 bold "Done"
 cat <<'TXT'

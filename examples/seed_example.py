@@ -1,12 +1,14 @@
-# The seed's usage example (nim-plugin-summary.md), unchanged except for the two import lines
-# (flytekitplugins.inference... -> nim_agent). `python examples/seed_example.py` prints the pod
-# spec and the base URL. Note: passing the container's resource dicts as `requests=`/`limits=`
-# works for local runs but not for registration, which wants flytekit `Resources`; the NIM
-# container in the pod template carries its own resources, so those two arguments can go.
-# Kept verbatim, so neither linted nor formatted:
+# The seed's usage example (nim-plugin-summary.md), unchanged except for the import lines
+# (flytekitplugins.inference... -> nim_agent, and flytekit's Resources) and the task's
+# `requests=`/`limits=`: the NIM server now runs as a native sidecar (an init container with
+# restartPolicy Always, as the upstream plugin runs it), so the pod template has no
+# `containers[0]` to take resources from, and flytekit wants `Resources` there anyway. They size
+# the task's own container; the server carries its own. `python examples/seed_example.py`
+# prints the pod spec and the base URL.
+# Kept otherwise verbatim, so neither linted nor formatted:
 # ruff: noqa
 # fmt: off
-from flytekit import task, workflow
+from flytekit import Resources, task, workflow
 from nim_agent import NIM, NIMSecrets
 from nim_agent import PodTemplate
 
@@ -39,8 +41,8 @@ nim_config = NIM(
 @task(
     container_image="ghcr.io/flyteorg/flytekit:py3.12-latest", # A base image for the task container
     pod_template=PodTemplate(pod_spec=nim_config.pod_template.pod_spec),
-    requests=nim_config.pod_template.pod_spec.containers[0].resources.requests,
-    limits=nim_config.pod_template.pod_spec.containers[0].resources.limits,
+    requests=Resources(cpu="1", mem="1Gi"),  # the task's own container
+    limits=Resources(cpu="1", mem="1Gi"),
 )
 def deploy_nim_inference_service() -> str:
     """

@@ -4,7 +4,8 @@
 
 `NIM` and `NIMSecrets` describe a deployment (and, as in the older sidecar plugin, give a
 flytekit PodTemplate through `NIM(...).pod_template`); `NIMTask` makes it a Flyte task of type
-"nim" whose output `endpoint` is the server's in-cluster URL.
+"nim" whose output `endpoint` is the server's in-cluster URL (with `typed_endpoint=True`, a
+`NIMEndpoint`: base URL, OpenAI /v1 URL, served model id, adapter ids).
 
 Importing this package stays light: the configuration classes need only the standard library.
 `NIMTask` and `PodTemplate` load flytekit the first time they are used; the Kubernetes client
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem
+from nim_agent.contract import NIMEndpoint
 
 if TYPE_CHECKING:
     from flytekit import PodTemplate
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
 __all__ = [
     "NIM",
     "ConfigError",
+    "NIMEndpoint",
     "NIMSecrets",
     "NIMTask",
     "NIMTeardownTask",

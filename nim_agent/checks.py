@@ -29,11 +29,13 @@ __all__ = [
     "ConfigError",
     "Problem",
     "Problems",
+    "check_adapter_name",
     "check_cpu",
     "check_dns_label",
     "check_dns_subdomain",
     "check_hf_repo_id",
     "check_http_path",
+    "check_http_url",
     "check_image",
     "check_int",
     "check_label_key",
@@ -295,6 +297,33 @@ def check_hf_repo_id(value: object) -> str | None:
         return (
             f"{show(value)} is not a Hugging Face repository id; "
             'use "owner/name", e.g. "tloen/alpaca-lora-7b"'
+        )
+    return None
+
+
+_ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_adapter_name(value: object) -> str | None:
+    """A LoRA adapter's name: its folder under NIM_PEFT_SOURCE, and the model id NIM serves it as
+    (letters, digits, '-', '_' and '.', starting with a letter or digit, at most 128)."""
+    if not isinstance(value, str) or not _ADAPTER_NAME.match(value) or ".." in value:
+        return (
+            f"{show(value)} is not an adapter name (letters, digits, '-', '_' and '.', starting "
+            'with a letter or digit, at most 128 characters), e.g. "support-lora"'
+        )
+    return None
+
+
+_HTTP_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(?::[0-9]{1,5})?(?:/[^\s]*)?$")
+
+
+def check_http_url(value: object) -> str | None:
+    """An http(s) URL without spaces or credentials, e.g. "https://hf-mirror.example.com"."""
+    if not isinstance(value, str) or not _HTTP_URL.match(value) or "@" in value:
+        return (
+            f"{show(value)} is not an http(s) URL without credentials; "
+            'use e.g. "https://huggingface.co" or "http://hf-mirror.internal:8080"'
         )
     return None
 

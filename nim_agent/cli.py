@@ -1,6 +1,6 @@
 """The `nim-agent` command.
 
-    nim-agent render -f nim.yaml [--name NAME] [--namespace NS]
+    nim-agent render -f nim.yaml [--name NAME] [--namespace NS] [--adapter NAME=URI ...]
     nim-agent serve [--port 8000] [--metrics-port 9090] [--workers 10]
     nim-agent list [-n NS | -A]
     nim-agent teardown NAME|ENDPOINT [-n NS]
@@ -61,6 +61,14 @@ def _add_render(subparsers: Any) -> None:
         "--namespace",
         help="namespace of the execution (default: the connector's default_namespace)",
     )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        default=[],
+        metavar="NAME=URI",
+        help="a LoRA adapter given as a task input: its name and the object-store URI of its "
+        "folder (FlyteDirectory), e.g. support=s3://bucket/raw/ab/o0; repeatable",
+    )
     p.set_defaults(handler=_render)
 
 
@@ -85,6 +93,13 @@ def _render(args: argparse.Namespace) -> int:
         settings = ConnectorSettings.load()
     except ConfigError as exc:
         problems.extend(f"connector settings: {p}" for p in exc.problems)
+    adapters: dict[str, str] = {}
+    for given in args.adapter:
+        name, sep, uri = given.partition("=")
+        if not sep or not name or not uri:
+            problems.append(f"--adapter: {given!r} is not NAME=URI, e.g. support=s3://bucket/o0")
+        else:
+            adapters[name] = uri
     data = _read_config(path)
     try:
         nim = NIM.from_dict(data)
@@ -96,7 +111,7 @@ def _render(args: argparse.Namespace) -> int:
         namespace = namespace_for(nim, args.namespace, settings)
         name = args.name if args.name is not None else _default_name(path)
         identity = DeploymentIdentity.for_local(name, namespace, nonce="")
-        objects = render(nim, identity, settings)
+        objects = render(nim, identity, settings, adapter_uris=adapters)
     except ConfigError as exc:
         raise InvalidInput([f"{path}: {p}" for p in exc.problems]) from None
     sys.stdout.write(to_yaml(objects, header=RENDER_HEADER))

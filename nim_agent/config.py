@@ -40,6 +40,7 @@ from nim_agent.checks import (
     check_dns_subdomain,
     check_hf_repo_id,
     check_http_path,
+    check_http_url,
     check_image,
     check_int,
     check_label_key,
@@ -50,6 +51,7 @@ from nim_agent.checks import (
     show,
 )
 from nim_agent.contract import CACHE_PATH, PEFT_SOURCE_ENV, SHM_PATH, adapter_name
+from nim_agent.settings import SECURITY_PROFILES
 
 if TYPE_CHECKING:
     from flytekit import PodTemplate
@@ -240,13 +242,21 @@ class NIM:
     liveness_failure_threshold: int = 3
     """Liveness failures before the NIM container is restarted."""
     lora_downloader_image: str | None = None
-    """Image of the adapter download container: python3 and huggingface_hub, no pip at start.
-    None: the connector's setting, else the NIM image itself (which ships both)."""
+    """Image of the Hugging Face adapter download container: any image with python3 (it runs
+    nim_agent/hf_download.py, standard library only). None: the connector's setting, else the
+    NIM image itself."""
     download_inputs: bool = False
     """Sidecar form only: an init container downloads the task's inputs (FlyteFiles too) to
     /shared/inputs.json and /shared/inputs/, a volume the NIM container also mounts."""
     inputs_mem: str = "500Mi"
     """Memory (requests = limits) of the input download container."""
+    hf_endpoint: str | None = None
+    """Hugging Face Hub (or mirror, or air-gapped hub) the adapters of hf_repo_ids come from;
+    None: the connector's setting, else https://huggingface.co."""
+    security_profile: str | None = None
+    """Security context of the pod: "restricted" or "nvidia" (the NIM Operator's uid 1000 /
+    gid 2000 / fsGroup 2000); None: the connector's default. Another one only where the
+    connector's allowed_security_profiles lists it."""
 
     def __post_init__(self) -> None:
         for name in ("env", "node_selector", "labels", "annotations"):
@@ -330,6 +340,15 @@ class NIM:
         if not isinstance(download, bool):
             add("download_inputs", f"{show(download)} is not true or false")
         add("inputs_mem", check_memory(self.inputs_mem))
+        if self.hf_endpoint is not None:
+            add("hf_endpoint", check_http_url(self.hf_endpoint))
+        profile = self.security_profile
+        if profile is not None and profile not in SECURITY_PROFILES:
+            add(
+                "security_profile",
+                f"{show(profile)} is not a security profile; use one of "
+                f"{', '.join(SECURITY_PROFILES)}{closest(str(profile), SECURITY_PROFILES)}",
+            )
         return found
 
     def _env_problems(self) -> list[Problem]:
@@ -527,23 +546,19 @@ class NIM:
         return "/" + self.health_endpoint.lstrip("/")
 
     @property
-    def peft_source(self) -> str | None:
-        """The adapter directory ($NIM_PEFT_SOURCE) when adapters are downloaded, else None."""
-        return self.env.get(PEFT_SOURCE_ENV) if self.hf_repo_ids and self.env else None
-
-    @property
     def base_url(self) -> str:
         """Seed sidecar form: the NIM's URL from the task's own container."""
         return f"http://localhost:{self.port}"
 
     @property
     def pod_template(self) -> PodTemplate:
-        """Seed sidecar form: a flytekit PodTemplate running this NIM next to your task.
+        """Seed sidecar form: a flytekit PodTemplate running this NIM beside your task.
 
-        `pod_spec.containers[0]` is the NIM server (resources requests = limits, /dev/shm,
-        NGC key by secretKeyRef, startup probe); adapters are downloaded by an init container
-        into NIM_PEFT_SOURCE; the cache at /opt/nim/.cache is an emptyDir (or `cache_pvc`).
-        Your task container joins as the primary container when Flyte builds the pod.
+        The NIM server is a native sidecar, the last init container with restartPolicy Always
+        (resources requests = limits, /dev/shm, NGC key by secretKeyRef, startup probe), after
+        the adapter download into NIM_PEFT_SOURCE; the cache at /opt/nim/.cache is an emptyDir
+        (or `cache_pvc`). `pod_spec.containers` is empty: Flyte adds your task's container,
+        which Kubernetes starts once the server's startup probe has passed.
         """
         from nim_agent.sidecar import sidecar_pod_template  # imports flytekit and kubernetes
 

@@ -2,9 +2,19 @@
 
 flytepropeller (or, locally, ``pyflyte run``) calls::
 
-    create(task_template, ..., task_execution_metadata)  -> NIMMetadata   (render -> kube)
+    create(task_template, ..., inputs, task_execution_metadata) -> NIMMetadata  (render -> kube)
     get(NIMMetadata)                                      -> Resource      (cache/kube -> status)
     delete(NIMMetadata)                                   -> None          (abort; idempotent)
+
+SUCCEEDED means serving: the pod is Ready, its Service exists, and (unless the ``serving_check``
+setting is off) ``GET /v1/models`` lists the base model and every adapter (`nim_agent.serving`
+asks, `nim_agent.status` decides). The first verification is recorded on the pod, annotation
+``nim-agent.dev/served-at`` (one merge patch), so that later polls, other replicas and restarted
+connectors answer SUCCEEDED without asking the server again.
+
+A task's inputs are its LoRA adapters (`NIMTask(inputs=...)`): each FlyteDirectory input is an
+adapter named after the input, each ``dict[str, FlyteDirectory]`` input one adapter per key; the
+pod downloads them from their object-store URIs (`render`'s ``lora-inputs`` container).
 
 Everything the connector needs to answer later is in the self-contained ``NIMMetadata`` or on the
 pod itself, so a restarted connector (or another replica) answers for deployments it did not
@@ -37,11 +47,17 @@ from flytekit.extend.backend.base_connector import (
     ResourceMeta,
     SyncConnectorBase,
 )
+from flytekit.models.core.types import BlobType
 
-from nim_agent.checks import ConfigError, check_dns_label, check_dns_subdomain
+from nim_agent.checks import (
+    ConfigError,
+    Problem,
+    check_adapter_name,
+    check_dns_label,
+    check_dns_subdomain,
+)
 from nim_agent.contract import (
     ABORT,
-    ANNOTATION_SERVED_AT,
     FAILURE,
     LABEL_PREFIX,
     NIM_CONTAINER,
@@ -49,7 +65,6 @@ from nim_agent.contract import (
     deletion_cause,
     deployment_of_endpoint,
     format_duration,
-    format_time,
     is_ours,
     same_deployment,
     served_at,
@@ -67,6 +82,7 @@ from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
 from nim_agent.status import (
     Classification,
     Phase,
+    ServingCheck,
     StatusPolicy,
     classify,
     flyte_phase,
@@ -79,9 +95,10 @@ if TYPE_CHECKING:
 
     from nim_agent.kube import Json, Kube
     from nim_agent.runtime import Background
+    from nim_agent.serving import ModelsProbe
     from nim_agent.watch import PodCache
 
-__all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector"]
+__all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector", "adapters_of"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +143,8 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
     """Created by a local run (no execution metadata): read directly, no watch cache."""
     error: str = ""
     """Set when create refused the task; get reports FAILED with it."""
+    typed: bool = False
+    """The task's output is a NIMEndpoint (NIMTask(typed_endpoint=True)), not the URL string."""
 
     @classmethod
     def decode(cls, data: bytes) -> NIMMetadata:
@@ -141,7 +160,7 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
             meta = cls(**doc)
             for f in fields(cls):
                 value = getattr(meta, f.name)
-                if not isinstance(value, bool if f.name == "local" else str):
+                if not isinstance(value, bool if f.name in ("local", "typed") else str):
                     raise ValueError(f"{f.name} has the wrong type")
             if not meta.error and not (meta.namespace and meta.name):
                 raise ValueError("namespace and name are required")
@@ -169,6 +188,10 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         self._last_known = _LastKnown()
         # Deployments whose Service this process has made (or found): one write per deployment.
         self._services: set[tuple[str, str]] = set()
+        self._probe: ModelsProbe | None = None
+        # Pods verified serving by this process, by uid: the annotations written on them, so the
+        # answer holds before the watch cache shows them (or if writing them failed).
+        self._served: OrderedDict[str, dict[str, str]] = OrderedDict()
 
     # -- configuration --------------------------------------------------------------------
 
@@ -222,7 +245,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         self,
         task_template: TaskTemplate,
         output_prefix: str | None = None,
-        inputs: Any = None,
+        inputs: LiteralMap | None = None,
         task_execution_metadata: TaskExecutionMetadata | None = None,
         **kwargs: Any,
     ) -> NIMMetadata:
@@ -234,6 +257,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             spec = from_custom(task_template.custom or {})
             execution, execution_namespace = _execution_of(task_execution_metadata)
             namespace = namespace_for(spec.nim, execution_namespace, settings)
+            adapter_uris = adapters_of(inputs)
         except ConfigError as exc:
             return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
         ttl = spec.ttl or settings.default_ttl
@@ -256,10 +280,11 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             name=identity.name,
             endpoint=identity.endpoint(spec.nim.port),
             local=execution is None,
+            typed=spec.typed_endpoint,
         )
         kube = await self.kube()
         try:
-            pod = render_pod(spec.nim, identity, settings, ttl=ttl)
+            pod = render_pod(spec.nim, identity, settings, adapter_uris, ttl=ttl)
         except ConfigError as exc:
             return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
         where = f"pod {namespace}/{identity.name}"
@@ -330,11 +355,12 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
     async def _get(self, meta: NIMMetadata) -> Resource:
         kube = await self.kube()
-        pod = await self._read_pod(kube, meta)
+        pod = self._with_served(await self._read_pod(kube, meta))
         now = datetime.now(UTC)
         cause = deletion_cause(pod)
         policy = policy_for(pod, self.policy)
         events: list[Json] = []
+        check = None if self.settings.serving_check == "off" else ServingCheck()
 
         def classified(log_tail: str | None = None) -> Classification:
             return classify(
@@ -345,9 +371,20 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                 endpoint=meta.endpoint,
                 log_tail=log_tail,
                 deletion_cause=cause,
+                serving=check,
+                typed=meta.typed,
             )
 
         result = classified()
+        if pod is not None and result.models_request:
+            # The Service first: the endpoint is what the check verifies (direct route) and
+            # what SUCCEEDED hands out.
+            failure = await self._service_problem(kube, meta, pod)
+            if failure is not None:
+                return failure
+            reply = await self._models_probe(kube).models(kube, pod)
+            check = ServingCheck(reply=reply, asked=True)
+            result = classified()
         if pod is not None and _wants_events(result):
             events = await _best_effort(kube.pod_events(meta.namespace, meta.name), [], meta)
             result = classified()
@@ -358,6 +395,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                     meta.name,
                     container=result.log_request.container,
                     previous=result.log_request.previous,
+                    lines=result.log_request.lines,
                 ),
                 None,
                 meta,
@@ -368,7 +406,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             failure = await self._service_problem(kube, meta, pod)
             if failure is not None:
                 return failure
-            await self._mark_served(kube, meta, pod, now)
+            if result.served:
+                await self._record_served(kube, meta, pod, result.served)
         await self._after(kube, meta, pod, result, now)
         return Resource(
             phase=flyte_phase(result.phase),
@@ -377,6 +416,52 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             outputs=result.outputs,
             custom_info=result.custom_info or None,
         )
+
+    def _models_probe(self, kube: Kube) -> ModelsProbe:
+        """The /v1/models probe of this process, on the route the settings choose."""
+        if self._probe is None:
+            from nim_agent.serving import ModelsProbe, route_for
+
+            settings = self.settings
+            route = route_for(settings.serving_check, in_cluster=kube.in_cluster)
+            self._probe = ModelsProbe(route=route, timeout=settings.serving_timeout.total_seconds())
+            log.info("verifying NIM servers with GET /v1/models, route %s", route)
+        return self._probe
+
+    def _with_served(self, pod: Json | None) -> Json | None:
+        """The pod with the served annotations this process wrote (or tried to) on it, when it
+        does not show them yet."""
+        uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")
+        served = self._served.get(uid)
+        if pod is None or served is None or served_at(pod) is not None:
+            return pod
+        meta = dict(pod.get("metadata") or {})
+        meta["annotations"] = {**(meta.get("annotations") or {}), **served}
+        return {**pod, "metadata": meta}
+
+    async def _record_served(
+        self, kube: Kube, meta: NIMMetadata, pod: Json, served: dict[str, str]
+    ) -> None:
+        """Write the first verification on the pod (one merge patch); remember it meanwhile."""
+        from nim_agent.kube import KubeError
+
+        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        self._served[uid] = dict(served)
+        while len(self._served) > 10_000:
+            self._served.popitem(last=False)
+        if self._probe is not None:
+            self._probe.forget(uid)
+        try:
+            await kube.patch_pod_annotations(meta.namespace, meta.name, served)
+        except KubeError as exc:
+            log.warning(
+                "NIM server %s/%s serves, but recording it on the pod failed: %s",
+                meta.namespace,
+                meta.name,
+                exc.message,
+            )
+            return
+        log.info("NIM server %s/%s verified serving", meta.namespace, meta.name)
 
     async def _service_problem(self, kube: Kube, meta: NIMMetadata, pod: Json) -> Resource | None:
         """Make sure the Service exists before the endpoint is handed out; None when it does.
@@ -396,19 +481,6 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                 "services)",
             )
         return None
-
-    async def _mark_served(self, kube: Kube, meta: NIMMetadata, pod: Json, now: datetime) -> None:
-        """Write down, once, that the server has served (``nim-agent.dev/served-at``): from then
-        on a readiness blip or a restart is an interruption of a server a workflow may be using,
-        reported and never failed (`nim_agent.status`), for every replica and later connector."""
-        from nim_agent.kube import NotFound
-
-        if served_at(pod) is not None:
-            return
-        with contextlib.suppress(NotFound):
-            await kube.patch_pod_annotations(
-                meta.namespace, meta.name, {ANNOTATION_SERVED_AT: format_time(now)}
-            )
 
     async def _read_pod(self, kube: Kube, meta: NIMMetadata) -> Json | None:
         cache = self._cache(meta)
@@ -572,6 +644,59 @@ def _execution_of(
         ),
         metadata.namespace or None,
     )
+
+
+def _directory_uri(literal: Any) -> tuple[str | None, str]:
+    """(URI, "") of a FlyteDirectory literal, else (None, what it is instead)."""
+    scalar = getattr(literal, "scalar", None)
+    blob = getattr(scalar, "blob", None) if scalar is not None else None
+    if blob is None:
+        return None, "is not a FlyteDirectory"
+    if blob.metadata.type.dimensionality != BlobType.BlobDimensionality.MULTIPART:
+        return None, "is a file (FlyteFile); an adapter is a folder: pass a FlyteDirectory"
+    return str(blob.uri), ""
+
+
+def adapters_of(inputs: LiteralMap | None) -> dict[str, str]:
+    """The LoRA adapters a NIM task's inputs give, {adapter name: folder URI}, ordered by input
+    name, then key (protobuf maps keep no order: this one is the same however the inputs came).
+
+    A FlyteDirectory input is one adapter named after the input; a ``dict[str, FlyteDirectory]``
+    input gives one adapter per key. Anything else, an invalid adapter name or a name given
+    twice is a ConfigError naming the input (``inputs.<name>`` or ``inputs.<name>[<key>]``).
+    """
+    found: dict[str, str] = {}
+    problems: list[Problem] = []
+
+    def add(where: str, name: str, literal: Any) -> None:
+        uri, why = _directory_uri(literal)
+        if uri is None:
+            problems.append(Problem(where, why))
+        elif message := check_adapter_name(name):
+            problems.append(Problem(where, message))
+        elif name in found:
+            problems.append(Problem(where, f"adapter {name!r} is given twice; rename one"))
+        else:
+            found[name] = uri
+
+    for name, literal in sorted((inputs.literals if inputs is not None else {}).items()):
+        entries = getattr(getattr(literal, "map", None), "literals", None)
+        if entries is not None:
+            for key, item in sorted(entries.items()):
+                add(f"inputs.{name}[{key}]", key, item)
+        elif getattr(literal, "scalar", None) is not None:
+            add(f"inputs.{name}", name, literal)
+        else:
+            problems.append(
+                Problem(
+                    f"inputs.{name}",
+                    "is not a FlyteDirectory or a dict of them: a NIM task's inputs are its LoRA "
+                    "adapters",
+                )
+            )
+    if problems:
+        raise ConfigError(problems)
+    return found
 
 
 def _describe(execution: ExecutionIdentity | None, task_name: str) -> str:

@@ -18,13 +18,25 @@ annotation ``nim-agent.dev/execution-id``  the full execution identity, JSON
 annotation ``nim-agent.dev/expires-at``    RFC 3339 UTC time after which the reaper deletes it
 annotation ``nim-agent.dev/endpoint``      the in-cluster URL (`endpoint_for`)
 annotation ``nim-agent.dev/deletion-cause``  ``<cause>: <detail>`` once nim-agent deletes it
-annotation ``nim-agent.dev/served-at``     RFC 3339 time the server was first found serving
+annotation ``nim-agent.dev/adapters``      JSON list of the adapter names the server must list
+                                           at ``/v1/models`` (`requested_adapters`)
+annotation ``nim-agent.dev/served-at``     RFC 3339 UTC time the deployment was first verified
+                                           serving (Ready, and ``/v1/models`` listing the base
+                                           model and every adapter): written once, never moved
+annotation ``nim-agent.dev/served-model``  the base model id ``/v1/models`` listed then
 annotation ``nim-agent.dev/stopped``       JSON `StopRecord`: why and when nim-agent stopped
                                            the server, and the verdict GetTask keeps answering
 container ``nim``                          the NIM server (`NIM_CONTAINER`)
-init container ``lora-downloader``         downloads adapters into ``$NIM_PEFT_SOURCE/<name>``
+init container ``lora-downloader``         Hugging Face adapters into ``$NIM_PEFT_SOURCE/<name>``
+init container ``lora-inputs``             adapters that are task inputs (FlyteDirectory), from
+                                           Flyte's object store into ``$NIM_PEFT_SOURCE/<name>``
 init container ``input-downloader``        sidecar form: the task's inputs into ``/shared``
 =========================================  =====================================================
+
+Adapters downloaded onto a cache PVC are kept under ``/opt/nim/.cache/nim-agent/adapters``
+(`ADAPTER_CACHE_PATH`), one folder per Hugging Face revision or object-store URI, and linked into
+``$NIM_PEFT_SOURCE``. A NIMTask's output is the endpoint URL (`endpoint_for`), or with
+``typed_endpoint=True`` a `NIMEndpoint`.
 
 Times on objects are RFC 3339 (`parse_time`, `format_time`); durations in messages, settings and
 the CLI are written ``90s``, ``15m``, ``1h30m`` (`parse_duration`, `format_duration`).
@@ -34,8 +46,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -44,11 +56,15 @@ from nim_agent.checks import show
 
 __all__ = [
     "ABORT",
+    "ADAPTER_CACHE_PATH",
+    "ADAPTER_INPUTS_CONTAINER",
+    "ANNOTATION_ADAPTERS",
     "ANNOTATION_DELETION_CAUSE",
     "ANNOTATION_ENDPOINT",
     "ANNOTATION_EXECUTION_ID",
     "ANNOTATION_EXPIRES_AT",
     "ANNOTATION_SERVED_AT",
+    "ANNOTATION_SERVED_MODEL",
     "ANNOTATION_STOPPED",
     "APP_NAME",
     "CACHE_PATH",
@@ -63,6 +79,7 @@ __all__ = [
     "LABEL_SIMULATE",
     "LORA_CONTAINER",
     "MANAGED_BY",
+    "MODELS_PATH",
     "NIM_CONTAINER",
     "OWNED_BY_US",
     "PEFT_SOURCE_ENV",
@@ -72,8 +89,10 @@ __all__ = [
     "TEARDOWN",
     "TTL",
     "UNHEALTHY",
+    "NIMEndpoint",
     "StopRecord",
     "adapter_name",
+    "adapters_value",
     "deletion_cause",
     "deletion_cause_value",
     "deployment_of_endpoint",
@@ -85,8 +104,10 @@ __all__ = [
     "is_ours",
     "parse_duration",
     "parse_time",
+    "requested_adapters",
     "same_deployment",
     "served_at",
+    "served_model",
     "stop_record",
 ]
 
@@ -109,18 +130,27 @@ ANNOTATION_EXECUTION_ID = LABEL_PREFIX + "execution-id"
 ANNOTATION_EXPIRES_AT = LABEL_PREFIX + "expires-at"
 ANNOTATION_ENDPOINT = LABEL_PREFIX + "endpoint"
 ANNOTATION_DELETION_CAUSE = LABEL_PREFIX + "deletion-cause"
+ANNOTATION_ADAPTERS = LABEL_PREFIX + "adapters"
+# "This server has served": the first time the deployment was verified serving. Written once, by
+# one merge patch, so that later polls, other replicas and restarted connectors know it without
+# asking the server again.
 ANNOTATION_SERVED_AT = LABEL_PREFIX + "served-at"
+ANNOTATION_SERVED_MODEL = LABEL_PREFIX + "served-model"
+# Why and when nim-agent stopped the server, and the verdict it answers from then on (`StopRecord`).
 ANNOTATION_STOPPED = LABEL_PREFIX + "stopped"
 
 # --------------------------------------------------------------------------- containers, paths
 
 NIM_CONTAINER = "nim"
 LORA_CONTAINER = "lora-downloader"
+ADAPTER_INPUTS_CONTAINER = "lora-inputs"
 INPUT_CONTAINER = "input-downloader"
 CACHE_PATH = "/opt/nim/.cache"
+ADAPTER_CACHE_PATH = CACHE_PATH + "/nim-agent/adapters"
 SHM_PATH = "/dev/shm"
 SHARED_PATH = "/shared"  # sidecar form: the task's inputs, downloaded before the server starts
 PEFT_SOURCE_ENV = "NIM_PEFT_SOURCE"
+MODELS_PATH = "/v1/models"  # the NIM lists its base model and its adapters here
 
 
 # The folder under $NIM_PEFT_SOURCE for a Hugging Face repo id, which is also the name NIM serves
@@ -162,6 +192,35 @@ def endpoint_of(pod: Mapping[str, Any] | None) -> str:
     return value if isinstance(value, str) else ""
 
 
+def adapters_value(names: Sequence[str]) -> str:
+    """The adapters annotation for these adapter names (in the order given)."""
+    return json.dumps(list(names), separators=(",", ":"))
+
+
+def requested_adapters(pod: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The adapter names the server must list (its adapters annotation); () when none or
+    unreadable."""
+    raw = _metadata(pod, "annotations").get(ANNOTATION_ADAPTERS)
+    try:
+        names = json.loads(raw) if isinstance(raw, str) else []
+    except ValueError:
+        return ()
+    if not isinstance(names, list):
+        return ()
+    return tuple(n for n in names if isinstance(n, str) and n)
+
+
+def served_at(pod: Mapping[str, Any] | None) -> datetime | None:
+    """When the deployment was first verified serving (None: not yet, or unreadable)."""
+    return parse_time(_metadata(pod, "annotations").get(ANNOTATION_SERVED_AT))
+
+
+def served_model(pod: Mapping[str, Any] | None) -> str:
+    """The base model id the server listed when it was verified ("" when unknown)."""
+    value = _metadata(pod, "annotations").get(ANNOTATION_SERVED_MODEL)
+    return value if isinstance(value, str) else ""
+
+
 # --------------------------------------------------------------------------- deletion causes
 
 # Why nim-agent removes a server, as metrics labels and messages say it. A server Flyte may still
@@ -178,11 +237,6 @@ SUPERSEDED = "superseded"  # deleted: a later attempt of the same Flyte node rep
 def deletion_cause_value(cause: str, detail: str = "") -> str:
     """``"<cause>: <detail>"`` as written on the pod before nim-agent deletes it (bounded)."""
     return (f"{cause}: {detail}" if detail else cause)[:1000]
-
-
-def served_at(pod: Mapping[str, Any] | None) -> datetime | None:
-    """When the deployment was first found serving (None: not yet)."""
-    return parse_time(_metadata(pod, "annotations").get(ANNOTATION_SERVED_AT))
 
 
 @dataclass(frozen=True)
@@ -247,6 +301,42 @@ def deletion_cause(pod: Mapping[str, Any] | None) -> str | None:
 def endpoint_for(name: str, namespace: str, port: int) -> str:
     """The in-cluster URL of a deployment's Service (a NIMTask's output ``endpoint``)."""
     return f"http://{name}.{namespace}.svc.cluster.local:{port}"
+
+
+@dataclass
+class NIMEndpoint:
+    """A NIMTask's output with ``typed_endpoint=True``: where the server is and what it serves.
+
+    Example (a downstream task)::
+
+        @task
+        def ask(endpoint: NIMEndpoint, question: str) -> str:
+            client = openai.OpenAI(base_url=endpoint.openai_base_url, api_key="none")
+            reply = client.chat.completions.create(
+                model=endpoint.adapters[0] if endpoint.adapters else endpoint.model,
+                messages=[{"role": "user", "content": question}],
+            )
+            return reply.choices[0].message.content
+    """
+
+    base_url: str
+    """The server's in-cluster URL, ``http://<name>.<namespace>.svc.cluster.local:<port>`` (the
+    plain ``endpoint`` string)."""
+    openai_base_url: str
+    """``base_url + "/v1"``: what OpenAI-compatible clients take as their base URL."""
+    model: str
+    """The served base model id, as ``/v1/models`` lists it ("" when nim-agent did not check)."""
+    adapters: list[str] = field(default_factory=list)
+    """The LoRA adapters it serves (model ids usable in requests): those of hf_repo_ids in their
+    order, then those given as task inputs, by input name (and key)."""
+
+    @classmethod
+    def of(cls, base_url: str, model: str = "", adapters: Sequence[str] = ()) -> NIMEndpoint:
+        """The typed endpoint of a server at `base_url`."""
+        base = base_url.rstrip("/")
+        return cls(
+            base_url=base, openai_base_url=base + "/v1", model=model, adapters=list(adapters)
+        )
 
 
 _ENDPOINT = re.compile(

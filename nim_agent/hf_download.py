@@ -15,12 +15,19 @@ CDN without the token), checks size and hash, and moves the finished folder into
 atomically. A folder already holding that commit (recorded in `.nim-agent-hf.json`) is kept
 as it is: a cache volume is not downloaded again.
 
+With NIM_AGENT_HF_CACHE (a folder on a volume that outlives the pod, such as a cache PVC), each
+revision is kept there once, at $NIM_AGENT_HF_CACHE/hf/<owner>--<name>/<commit sha>, never changed
+after it is complete, and $NIM_PEFT_SOURCE/<name> becomes a symbolic link to it: a later server on
+the same volume asks the Hub only for the current commit and downloads nothing when it is there,
+and servers sharing the volume never see each other's adapters.
+
 Environment
   NIM_PEFT_SOURCE        the folder adapters go into: $NIM_PEFT_SOURCE/<adapter_name(repo)>
   NIM_AGENT_HF_REPO_IDS  a JSON list of repository ids, e.g. ["owner/name"]
   HF_ENDPOINT            the Hub's base URL [https://huggingface.co] (a mirror, an air-gapped hub)
   HF_TOKEN               optional token (read from the environment only, never printed)
   HF_HUB_OFFLINE         1/true: no network; succeed only with adapters already in place
+  NIM_AGENT_HF_CACHE     optional folder of revisions kept across pods (see above)
   NIM_AGENT_HF_RETRIES [5], NIM_AGENT_HF_BACKOFF_SECONDS [1], NIM_AGENT_HF_TIMEOUT_SECONDS [60]
                          attempts per request on 429/5xx/network errors, the first back-off
                          (doubled each time, at most 30 s), the timeout of one socket operation
@@ -55,6 +62,7 @@ from typing import IO, Any, NoReturn
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 REPO_IDS_ENV = "NIM_AGENT_HF_REPO_IDS"
+CACHE_ENV = "NIM_AGENT_HF_CACHE"
 MARKER = ".nim-agent-hf.json"  # in each adapter folder: repository, commit sha, files
 ADAPTER_CONFIG = "adapter_config.json"
 WEIGHT_SUFFIXES = (".safetensors", ".bin")
@@ -375,17 +383,65 @@ def _remove(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def download_adapter(hub: Hub, repo_id: str, root: str, offline: bool = False) -> str:
-    """Put repo_id's adapter into root/<adapter_name>; returns "downloaded" or "cached"."""
+def _link(link: str, target: str) -> None:
+    """Make `link` a symbolic link to the folder `target` (replacing whatever is at `link`)."""
+    if os.path.islink(link) and os.readlink(link) == target:
+        return
+    staging = f"{link}.link-{os.getpid()}-{random.randrange(16**6):06x}"
+    os.symlink(target, staging)
+    if os.path.isdir(link) and not os.path.islink(link):
+        _remove(link)
+    os.replace(staging, link)
+
+
+def _newest_revision(store: str, repo_id: str) -> str | None:
+    """The most recently completed revision folder of repo_id in a cache store, if any."""
+    try:
+        entries = [os.path.join(store, e) for e in os.listdir(store) if not e.startswith(".")]
+    except OSError:
+        return None
+    complete = [p for p in entries if _cached(p, repo_id, os.path.basename(p)) is not None]
+    return max(complete, key=os.path.getmtime) if complete else None
+
+
+_STALE_SECONDS = 6 * 3600  # a shared cache's partial download older than this was abandoned
+
+
+def _clean_leftovers(folder: str, prefixes: tuple[str, ...], shared: bool) -> None:
+    """Remove what an interrupted earlier run left (in a shared cache: only old leftovers,
+    another pod may be downloading right now)."""
+    now = time.time()
+    for entry in os.listdir(folder):
+        path = os.path.join(folder, entry)
+        if entry.startswith(prefixes):
+            try:
+                stale = now - os.path.getmtime(path) > _STALE_SECONDS
+            except OSError:
+                continue
+            if not shared or stale:
+                _remove(path)
+
+
+def download_adapter(
+    hub: Hub, repo_id: str, root: str, offline: bool = False, cache: str | None = None
+) -> str:
+    """Put repo_id's adapter into root/<adapter_name> (with `cache`: a link to its revision in
+    the cache); returns "downloaded" or "cached"."""
     name = adapter_name(repo_id)
-    target = os.path.join(root, name)
+    link = os.path.join(root, name)
+    store = os.path.join(cache, "hf", repo_id.replace("/", "--")) if cache else None
     if offline:
-        marker = _cached(target, repo_id, None)
-        if marker is None:
+        found = _newest_revision(store, repo_id) if store else link
+        marker = _cached(found, repo_id, None) if found else None
+        if found is None or marker is None:
             raise DownloadError(
-                f"{repo_id}: HF_HUB_OFFLINE is set and {target} holds no complete download of it"
+                f"{repo_id}: HF_HUB_OFFLINE is set and {store or link} holds no complete "
+                "download of it"
             )
-        log(f"{repo_id}: offline; using {target} (revision {str(marker.get('sha'))[:12]})")
+        if store:
+            os.makedirs(root, exist_ok=True)
+            _link(link, found)
+        log(f"{repo_id}: offline; using {found} (revision {str(marker.get('sha'))[:12]})")
         return "cached"
 
     quoted = urllib.parse.quote(repo_id, safe="/")
@@ -411,16 +467,20 @@ def download_adapter(hub: Hub, repo_id: str, root: str, offline: bool = False) -
             f"{repo_id}: no adapter files at the top of the repository (need adapter_config.json "
             f"with *.safetensors or *.bin weights, or a *.nemo file); it has: {listed}"
         )
+    target = os.path.join(store, sha) if store else link
+    os.makedirs(root, exist_ok=True)
     if _cached(target, repo_id, sha) is not None:
         log(f"{repo_id}: {target} already holds revision {sha[:12]}; not downloading")
+        if store:
+            _link(link, target)
         return "cached"
 
-    os.makedirs(root, exist_ok=True)
-    for entry in os.listdir(root):  # leftovers of an interrupted earlier run
-        if entry.startswith((f".partial-{name}-", f".old-{name}-")):
-            _remove(os.path.join(root, entry))
+    home = store or root  # staging beside the target: the final rename stays on one volume
+    os.makedirs(home, exist_ok=True)
+    key = sha if store else name
+    _clean_leftovers(home, (f".partial-{key}-", f".old-{key}-"), shared=bool(store))
     suffix = f"{os.getpid()}-{random.randrange(16**6):06x}"
-    staging = os.path.join(root, f".partial-{name}-{suffix}")
+    staging = os.path.join(home, f".partial-{key}-{suffix}")
     os.mkdir(staging)
     try:
         skipped = len(siblings) - len(chosen)
@@ -445,8 +505,10 @@ def download_adapter(hub: Hub, repo_id: str, root: str, offline: bool = False) -
             log(f"  {filename}: {sizes[filename]} bytes")
         with open(os.path.join(staging, MARKER), "w") as f:
             json.dump({"repo_id": repo_id, "sha": sha, "endpoint": hub.endpoint, "files": sizes}, f)
-        if os.path.lexists(target):
-            old = os.path.join(root, f".old-{name}-{suffix}")
+        if store and _cached(target, repo_id, sha) is not None:
+            pass  # another pod on the same volume finished the same revision first
+        elif os.path.lexists(target):
+            old = os.path.join(home, f".old-{key}-{suffix}")
             os.rename(target, old)
             os.rename(staging, target)
             _remove(old)
@@ -455,13 +517,15 @@ def download_adapter(hub: Hub, repo_id: str, root: str, offline: bool = False) -
     finally:
         if os.path.lexists(staging):
             _remove(staging)
+    if store:
+        _link(link, target)
     return "downloaded"
 
 
 # ------------------------------------------------------------------------------ main
 
 
-def _settings(env: dict[str, str]) -> tuple[str, list[str], Hub, bool]:
+def _settings(env: dict[str, str]) -> tuple[str, list[str], Hub, bool, str | None]:
     problems = []
     root = env.get("NIM_PEFT_SOURCE", "").strip()
     if not root or not os.path.isabs(root):
@@ -489,6 +553,9 @@ def _settings(env: dict[str, str]) -> tuple[str, list[str], Hub, bool]:
                 f"{REPO_IDS_ENV}: {names[name]!r} and {repo_id!r} would share the folder {name!r}"
             )
         names[name] = repo_id
+    cache = env.get(CACHE_ENV, "").strip() or None
+    if cache is not None and not os.path.isabs(cache):
+        problems.append(f"{CACHE_ENV}: {cache!r} is not an absolute path")
     endpoint = env.get("HF_ENDPOINT", "").strip() or DEFAULT_ENDPOINT
     if not endpoint.startswith(("http://", "https://")):
         problems.append(f"HF_ENDPOINT: {endpoint!r} is not an http(s) URL")
@@ -513,7 +580,7 @@ def _settings(env: dict[str, str]) -> tuple[str, list[str], Hub, bool]:
         timeout=numbers["NIM_AGENT_HF_TIMEOUT_SECONDS"],
     )
     offline = env.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
-    return root, repo_ids, hub, offline
+    return root, repo_ids, hub, offline, cache
 
 
 def _fail(message: str, status: int, env: dict[str, str]) -> NoReturn:
@@ -532,13 +599,13 @@ def main(env: dict[str, str] | None = None) -> None:
     """Download every adapter named in the environment; exit 1 on the first failure."""
     env = dict(os.environ) if env is None else env
     try:
-        root, repo_ids, hub, offline = _settings(env)
+        root, repo_ids, hub, offline, cache = _settings(env)
     except ConfigError as e:
         _fail(str(e), EXIT_CONFIG, env)
     outcome = {"downloaded": 0, "cached": 0}
     for repo_id in repo_ids:
         try:
-            outcome[download_adapter(hub, repo_id, root, offline)] += 1
+            outcome[download_adapter(hub, repo_id, root, offline, cache)] += 1
         except DownloadError as e:
             _fail(str(e), EXIT_FAILED, env)
         except OSError as e:

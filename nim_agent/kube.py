@@ -238,9 +238,17 @@ class Kube:
         await kube.close()
     """
 
-    def __init__(self, api_client: k8s_client.ApiClient, *, request_timeout: float = 10.0) -> None:
+    def __init__(
+        self,
+        api_client: k8s_client.ApiClient,
+        *,
+        request_timeout: float = 10.0,
+        in_cluster: bool = False,
+    ) -> None:
         self._api = api_client
         self._timeout = aiohttp.ClientTimeout(total=request_timeout, sock_connect=5)
+        self.in_cluster = in_cluster
+        """Whether the credentials are the pod's own (the connector runs in the cluster)."""
 
     @classmethod
     async def connect(cls, kubeconfig: str | None = None, *, context: str | None = None) -> Kube:
@@ -248,8 +256,9 @@ class Kube:
         else ``kubeconfig`` or ``$KUBECONFIG`` or ``~/.kube/config``."""
         configuration = k8s_client.Configuration()
         kubeconfig = kubeconfig or os.environ.get("KUBECONFIG") or None
+        in_cluster = kubeconfig is None and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
         try:
-            if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            if in_cluster:
                 k8s_config.load_incluster_config(client_configuration=configuration)
             else:
                 await k8s_config.load_kube_config(
@@ -265,7 +274,7 @@ class Kube:
             ) from exc
         # Connection pool: GetTask of many deployments and the watch share it.
         configuration.connection_pool_maxsize = 32
-        return cls(k8s_client.ApiClient(configuration))
+        return cls(k8s_client.ApiClient(configuration), in_cluster=in_cluster)
 
     async def close(self) -> None:
         await self._api.close()
@@ -460,6 +469,27 @@ class Kube:
         except (NotFound, Invalid):
             return None
         return data.decode("utf-8", "replace")
+
+    async def pod_proxy_get(
+        self, namespace: str, name: str, port: int, path: str, *, seconds: float
+    ) -> bytes:
+        """GET `path` on a pod's `port` through the API server's pod proxy (RBAC: get on
+        pods/proxy), giving up after `seconds`; the body of a 2xx answer. An error status, of
+        the API server or of the pod (passed through), raises the matching KubeError."""
+        target = f"{name}:{port}"
+        try:
+            response = await self._send(
+                "get",
+                "GET",
+                _path("pods", namespace, target, "proxy") + path,
+                http_timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 5)),
+            )
+            body: bytes = await response.read()
+            return body
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # while reading the body
+            raise TemporaryKubeError(
+                f"reading the answer of pod {namespace}/{target} failed: {type(exc).__name__}"
+            ) from exc
 
     # -- services -------------------------------------------------------------------------
 

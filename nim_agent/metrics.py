@@ -17,6 +17,8 @@ nim_agent_loop_restarts_total                 | loop (a background loop failed a
 nim_agent_leader                              | (gauge: 1 while this process holds the reaper Lease)
 nim_agent_kube_requests_total                 | verb, code
 nim_agent_watch_restarts_total                | reason
+nim_agent_serving_checks_total                | route (direct, proxy), outcome (listed, failed)
+nim_agent_serving_check_seconds               | route (histogram: one GET /v1/models)
 """
 
 from __future__ import annotations
@@ -73,6 +75,18 @@ WATCH_RESTARTS = Counter(
     "nim_agent_watch_restarts",
     "Restarts of the pod watch, by reason (expired, error, timeout).",
     ["reason"],
+)
+
+SERVING_CHECKS = Counter(
+    "nim_agent_serving_checks",
+    "GET /v1/models requests to NIM servers, by route and outcome (listed: a model list came).",
+    ["route", "outcome"],
+)
+SERVING_CHECK_SECONDS = Histogram(
+    "nim_agent_serving_check_seconds",
+    "Duration of one GET /v1/models request to a NIM server.",
+    ["route"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 

@@ -3,7 +3,8 @@
 Purely computational, no I/O. `read_pod` never raises: every field of the pod may be absent or
 of the wrong type, and reads as empty. The status rules (`nim_agent.status`) decide on these
 facts only; they never look into the pod dict themselves. Containers are known by the names
-`nim_agent.render` gave them (`contract.NIM_CONTAINER`, `contract.LORA_CONTAINER`).
+`nim_agent.render` gave them (`contract.NIM_CONTAINER`, `contract.LORA_CONTAINER`,
+`contract.ADAPTER_INPUTS_CONTAINER`).
 
 Example::
 
@@ -19,12 +20,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from nim_agent.contract import (
+    ADAPTER_INPUTS_CONTAINER,
     LORA_CONTAINER,
     NIM_CONTAINER,
     StopRecord,
     format_time,
     parse_time,
+    requested_adapters,
     served_at,
+    served_model,
     stop_record,
 )
 
@@ -139,8 +143,14 @@ class ContainerFacts:
 
     @property
     def is_lora_downloader(self) -> bool:
-        """The adapter download init container (named `LORA_CONTAINER` by the renderer)."""
-        return self.init and self.name == LORA_CONTAINER
+        """An adapter download init container: from Hugging Face (`LORA_CONTAINER`) or from the
+        task's inputs (`ADAPTER_INPUTS_CONTAINER`)."""
+        return self.init and self.name in (LORA_CONTAINER, ADAPTER_INPUTS_CONTAINER)
+
+    @property
+    def is_input_adapter_downloader(self) -> bool:
+        """The init container that downloads the task's adapter inputs from the object store."""
+        return self.init and self.name == ADAPTER_INPUTS_CONTAINER
 
     @property
     def oom_killed(self) -> bool:
@@ -251,7 +261,6 @@ class PodFacts:
     nominated_node: str
     created: datetime | None
     deleting: datetime | None
-    served_at: datetime | None  # nim-agent found it serving (`contract.served_at`)
     stopped: StopRecord | None  # nim-agent stopped it (`contract.stop_record`)
     conditions: Mapping[str, Mapping[str, Any]]
     scheduling_gates: list[str]
@@ -259,6 +268,14 @@ class PodFacts:
     containers: list[ContainerFacts]
     events: list[EventFacts]
     now: datetime
+    served_at: datetime | None = None
+    """When the deployment was first verified serving (its served-at annotation)."""
+    served_model: str = ""
+    """The base model id recorded with served-at."""
+    adapters: tuple[str, ...] = ()
+    """The adapter names the server must list (its adapters annotation)."""
+    model_name: str = ""
+    """NIM_SERVED_MODEL_NAME of the NIM container, when set: the base model it must list."""
 
     def condition(self, kind: str) -> tuple[str, str, str, datetime | None]:
         """(status, reason, message, lastTransitionTime) of a condition; status "" if absent."""
@@ -357,7 +374,6 @@ def read_pod(raw: object, events: Sequence[Mapping[str, Any]], now: datetime) ->
         nominated_node=_str(status.get("nominatedNodeName")),
         created=created,
         deleting=parse_time(meta.get("deletionTimestamp")),
-        served_at=served_at(pod),
         stopped=stop_record(pod),
         conditions={_str(c.get("type")): c for c in _maps(status.get("conditions"))},
         scheduling_gates=[
@@ -367,7 +383,21 @@ def read_pod(raw: object, events: Sequence[Mapping[str, Any]], now: datetime) ->
         containers=_read_containers(pod, init=False),
         events=_read_events(events, uid, created),
         now=now if now.tzinfo else now.replace(tzinfo=UTC),
+        served_at=served_at(pod),
+        served_model=served_model(pod),
+        adapters=requested_adapters(pod),
+        model_name=_nim_env(spec, "NIM_SERVED_MODEL_NAME"),
     )
+
+
+def _nim_env(spec: Mapping[str, Any], name: str) -> str:
+    """A literal env value of the NIM container ("" when absent or from a reference)."""
+    for container in _maps(spec.get("containers")):
+        if container.get("name") == NIM_CONTAINER:
+            for var in _maps(container.get("env")):
+                if var.get("name") == name:
+                    return _str(var.get("value")).strip()
+    return ""
 
 
 def custom_info(pod: PodFacts) -> dict[str, Any]:

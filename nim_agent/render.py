@@ -11,13 +11,22 @@ Public API::
     local_deployment_name_for(task_name, nonce=None)             -> "nim-<task>-<hash>"
     DeploymentIdentity.for_execution(...), DeploymentIdentity.for_local(...)
     namespace_for(nim, execution_namespace, settings)            -> namespace (or ConfigError)
-    render(nim, identity, settings, pod_uid=None)                -> [pod, service]
-    render_pod(nim, identity, settings), render_service(nim, identity, pod_uid=None)
+    render(nim, identity, settings, pod_uid=None, adapter_uris=None)  -> [pod, service]
+    render_pod(nim, identity, settings, adapter_uris=None), render_service(nim, identity, pod_uid)
+    adapter_problems(nim, adapter_uris) -> [Problem]  (adapters given as task inputs)
     to_yaml(objects) -> multi-document YAML (what `nim-agent render` prints)
 
+Adapters come from two places, each downloaded by an init container into
+``$NIM_PEFT_SOURCE/<name>`` before the server starts: `hf_repo_ids` (container `lora-downloader`,
+running `nim_agent/hf_download.py`, standard library only, in the NIM image unless another is
+configured) and task inputs, `adapter_uris` = {name: object-store URI of a FlyteDirectory}
+(container `lora-inputs`, running `nim_agent/flyte_download.py` with flytekit). Both programs are
+shipped as their own source (`python3 -c`), so no image needs nim-agent installed. With a cache
+PVC, both keep what they download on it (`contract.ADAPTER_CACHE_PATH`) and link it into place.
+
 The building blocks the sidecar form shares (`nim_agent.sidecar`) are `pod_spec_parts`,
-`guaranteed_resources`, `restricted_security_context` and `drop_none`. A `NIM` is only read here
-(never built), so `nim_agent.config` is imported for its type alone: the config's own
+`guaranteed_resources`, `container_security_context` and `drop_none`. A `NIM` is only read here
+(never built), so `nim_agent.config` is imported for its type only: the config's own
 `NIM.pod_template` is what calls down into this layer, through `nim_agent.sidecar`.
 
 The Service is owned by the Pod (garbage-collected with it). The owner reference needs the Pod's
@@ -29,18 +38,22 @@ the Service has no ownerReferences.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import math
 import re
 import secrets as _secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from nim_agent.checks import ConfigError, Problem, show
+from nim_agent.checks import ConfigError, Problem, check_adapter_name, show
 from nim_agent.contract import (
+    ADAPTER_CACHE_PATH,
+    ADAPTER_INPUTS_CONTAINER,
+    ANNOTATION_ADAPTERS,
     ANNOTATION_ENDPOINT,
     ANNOTATION_EXECUTION_ID,
     ANNOTATION_EXPIRES_AT,
@@ -59,10 +72,11 @@ from nim_agent.contract import (
     PEFT_SOURCE_ENV,
     SHM_PATH,
     adapter_name,
+    adapters_value,
     endpoint_for,
     format_time,
 )
-from nim_agent.settings import ConnectorSettings
+from nim_agent.settings import SECURITY_PROFILES, ConnectorSettings, flytekit_image
 
 if TYPE_CHECKING:
     from nim_agent.config import NIM
@@ -70,6 +84,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DeploymentIdentity",
     "ExecutionIdentity",
+    "adapter_problems",
     "deployment_name_for",
     "local_deployment_name_for",
     "namespace_for",
@@ -84,21 +99,21 @@ PORT_NAME = "nim-http"
 LIVENESS_PATH = "/v1/health/live"
 METRICS_PATH = "/v1/metrics"
 NIM_UID = 1000  # the NIM images run as uid 1000
+NVIDIA_GID = 2000  # the group NVIDIA's NIM Operator runs them with (security profile "nvidia")
 GPU_RESOURCE = "nvidia.com/gpu"
-ADAPTERS_ENV = "NIM_AGENT_ADAPTERS"
+DOWNLOADER_TMP = "/tmp"
 
-# The adapter download program: `{folder: repo id}` arrives in an env var (folders named by
-# `contract.adapter_name`), the token (if any) as HF_TOKEN from a secretKeyRef, which
-# huggingface_hub reads itself. Nothing secret is on the command line.
-LORA_DOWNLOAD_SCRIPT = f"""\
-import json, os
-from huggingface_hub import snapshot_download
-root = os.environ["{PEFT_SOURCE_ENV}"]
-for folder, repo in json.loads(os.environ["{ADAPTERS_ENV}"]).items():
-    target = os.path.join(root, folder)
-    print(f"downloading {{repo}} -> {{target}}", flush=True)
-    snapshot_download(repo_id=repo, local_dir=target)
-"""
+
+def _program(module_file: str) -> str:
+    """The source of a self-contained program of this package, as the pod runs it."""
+    return importlib.resources.files("nim_agent").joinpath(module_file).read_text("utf-8")
+
+
+# The adapter download programs, each run as `python3 -c <source>` and configured by environment
+# (their docstrings list it). Nothing secret is on a command line: the HF token arrives as
+# HF_TOKEN from a secretKeyRef, object-store credentials from the pod's identity or a Secret.
+HF_DOWNLOAD_PROGRAM = _program("hf_download.py")
+INPUTS_DOWNLOAD_PROGRAM = _program("flyte_download.py")
 
 _NAME_MAX = 63
 _HASH_LEN = 10
@@ -289,6 +304,52 @@ def restricted_security_context() -> dict[str, Any]:
     }
 
 
+def container_security_context(profile: str, *, sidecar: bool = False) -> dict[str, Any] | None:
+    """A container's securityContext under a security profile (`settings.SECURITY_PROFILES`).
+
+    "restricted": `restricted_security_context`. "nvidia": none in the connector's Pod (the
+    pod-level context carries uid 1000 / gid 2000, as NVIDIA's NIM Operator does); in the
+    sidecar form, where pod-level settings would bind the task's own container too, the same
+    uid and gid on the container.
+    """
+    if profile == "nvidia":
+        return {"runAsUser": NIM_UID, "runAsGroup": NVIDIA_GID} if sidecar else None
+    return restricted_security_context()
+
+
+def pod_security_context(profile: str) -> dict[str, Any]:
+    """The Pod's securityContext under a security profile (the connector's Pod only)."""
+    if profile == "nvidia":
+        return {"runAsUser": NIM_UID, "runAsGroup": NVIDIA_GID, "fsGroup": NVIDIA_GID}
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": NIM_UID,
+        "runAsGroup": NIM_UID,
+        "fsGroup": NIM_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def security_profile_for(nim: NIM, settings: ConnectorSettings) -> str:
+    """The security profile of the connector's Pod: the task's, where the settings allow it,
+    else the connector's default (ConfigError naming security_profile otherwise)."""
+    wanted = nim.security_profile
+    if wanted is None or wanted == settings.security_profile:
+        return settings.security_profile
+    if settings.security_profile_allowed(wanted):
+        return wanted
+    allowed = ", ".join([settings.security_profile, *settings.allowed_security_profiles])
+    raise ConfigError(
+        [
+            Problem(
+                "security_profile",
+                f"{show(wanted)} is not allowed by the connector (allowed: {allowed}); leave "
+                "security_profile unset",
+            )
+        ]
+    )
+
+
 def _http_probe(path: str, port: int, period: int, failures: int) -> dict[str, Any]:
     return {
         "httpGet": {"path": path, "port": port},
@@ -298,7 +359,68 @@ def _http_probe(path: str, port: int, period: int, failures: int) -> dict[str, A
     }
 
 
-def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+def peft_source(nim: NIM, adapter_uris: Mapping[str, str] | None = None) -> str | None:
+    """$NIM_PEFT_SOURCE when adapters are downloaded (from the Hub or task inputs), else None."""
+    if not (nim.hf_repo_ids or adapter_uris):
+        return None
+    return (nim.env or {}).get(PEFT_SOURCE_ENV)
+
+
+def adapter_names(nim: NIM, adapter_uris: Mapping[str, str] | None = None) -> list[str]:
+    """Every adapter the server is to serve, by name: Hugging Face ones first, then inputs."""
+    return [adapter_name(r) for r in nim.hf_repo_ids or []] + list(adapter_uris or {})
+
+
+def adapter_problems(nim: NIM, adapter_uris: Mapping[str, str] | None) -> list[Problem]:
+    """What is wrong with adapters given as task inputs ({name: URI}), each problem naming
+    `adapters.<name>` (or the NIM field they need)."""
+    if not adapter_uris:
+        return []
+    found = []
+    hf = {adapter_name(r): r for r in nim.hf_repo_ids or []}
+    for name, uri in adapter_uris.items():
+        where = f"adapters.{name}"
+        if message := check_adapter_name(name):
+            found.append(Problem(where, message))
+        elif name in hf:
+            found.append(
+                Problem(
+                    where,
+                    f"has the name of the adapter of hf_repo_ids {show(hf[name])}; give it "
+                    "another name",
+                )
+            )
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if not scheme or scheme == "file":
+            found.append(
+                Problem(
+                    where,
+                    f"{show(uri)} is a path on the machine that ran the workflow; the NIM pod "
+                    "can only download from an object store (s3://, gs://, abfs://, ...)",
+                )
+            )
+    if PEFT_SOURCE_ENV not in (nim.env or {}):
+        found.append(
+            Problem(
+                f"env.{PEFT_SOURCE_ENV}",
+                "is required with adapters as task inputs: the directory the NIM loads adapters "
+                f'from; add env={{"{PEFT_SOURCE_ENV}": "/opt/nim/loras"}}',
+            )
+        )
+    if nim.lora_adapter_mem is None:
+        found.append(
+            Problem(
+                "lora_adapter_mem",
+                "is required with adapters as task inputs: memory of the adapter download "
+                'container, e.g. "2Gi"',
+            )
+        )
+    return found
+
+
+def _nim_container(
+    nim: NIM, settings: ConnectorSettings, peft: str | None, security: dict[str, Any] | None
+) -> dict[str, Any]:
     s = nim.secrets
     quantities = {"cpu": _cpu(nim.cpu), "memory": nim.mem}
     if nim.gpu > 0:
@@ -316,8 +438,8 @@ def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         {"name": "dshm", "mountPath": SHM_PATH},
         {"name": "nim-cache", "mountPath": CACHE_PATH},
     ]
-    if nim.peft_source:
-        mounts.append({"name": "lora", "mountPath": nim.peft_source})
+    if peft:
+        mounts.append({"name": "lora", "mountPath": peft})
     return {
         "name": NIM_CONTAINER,
         "image": nim.image,
@@ -335,22 +457,32 @@ def _nim_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "livenessProbe": _http_probe(
             LIVENESS_PATH, nim.port, nim.liveness_period_seconds, nim.liveness_failure_threshold
         ),
-        "securityContext": restricted_security_context(),
+        "securityContext": security,
     }
 
 
-def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+def _downloader_mounts(nim: NIM, peft: str) -> list[dict[str, Any]]:
+    mounts = [{"name": "lora", "mountPath": peft}]
+    if nim.cache_pvc:  # adapters are kept on the claim and linked into place
+        mounts.append({"name": "nim-cache", "mountPath": CACHE_PATH})
+    return mounts
+
+
+def _lora_container(
+    nim: NIM, settings: ConnectorSettings, peft: str, security: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The Hugging Face adapter download (`nim_agent/hf_download.py`, standard library only)."""
     s = nim.secrets
-    assert nim.peft_source is not None and nim.lora_adapter_mem is not None  # by validation
+    assert nim.lora_adapter_mem is not None  # by validation
     env: list[dict[str, Any]] = [
-        {"name": PEFT_SOURCE_ENV, "value": nim.peft_source},
-        {
-            "name": ADAPTERS_ENV,
-            "value": json.dumps({adapter_name(r): r for r in nim.hf_repo_ids or []}),
-        },
-        {"name": "HF_HOME", "value": "/tmp/huggingface"},
-        {"name": "HF_HUB_DISABLE_TELEMETRY", "value": "1"},
+        {"name": PEFT_SOURCE_ENV, "value": peft},
+        {"name": "NIM_AGENT_HF_REPO_IDS", "value": json.dumps(list(nim.hf_repo_ids or []))},
     ]
+    endpoint = nim.hf_endpoint or settings.hf_endpoint
+    if endpoint:
+        env.append({"name": "HF_ENDPOINT", "value": endpoint})
+    if nim.cache_pvc:
+        env.append({"name": "NIM_AGENT_HF_CACHE", "value": ADAPTER_CACHE_PATH})
     if s.hf_token_key:
         env.append(
             _secret_env(
@@ -364,15 +496,53 @@ def _lora_container(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "name": LORA_CONTAINER,
         "image": nim.lora_downloader_image or settings.lora_downloader_image or nim.image,
         "imagePullPolicy": nim.image_pull_policy,
-        "command": ["python3", "-c", LORA_DOWNLOAD_SCRIPT],
+        "command": ["python3", "-c", HF_DOWNLOAD_PROGRAM],
         "env": env,
         "resources": guaranteed_resources(quantities),
-        "volumeMounts": [{"name": "lora", "mountPath": nim.peft_source}],
-        "securityContext": restricted_security_context(),
+        "volumeMounts": _downloader_mounts(nim, peft),
+        "securityContext": security,
     }
 
 
-def _volumes(nim: NIM) -> list[dict[str, Any]]:
+def _inputs_container(
+    nim: NIM,
+    settings: ConnectorSettings,
+    peft: str,
+    adapter_uris: Mapping[str, str],
+    security: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The download of adapters given as task inputs (`nim_agent/flyte_download.py`, flytekit),
+    with the object-store settings the operator configured (env, a Secret as env)."""
+    assert nim.lora_adapter_mem is not None  # by adapter_problems
+    env: list[dict[str, Any]] = [
+        {"name": PEFT_SOURCE_ENV, "value": peft},
+        {"name": "NIM_AGENT_ADAPTER_URIS", "value": json.dumps(dict(adapter_uris))},
+        {"name": "HOME", "value": DOWNLOADER_TMP},
+    ]
+    if nim.cache_pvc:
+        env.append({"name": "NIM_AGENT_ADAPTER_CACHE", "value": ADAPTER_CACHE_PATH})
+    env.extend({"name": k, "value": v} for k, v in settings.adapter_inputs_env)
+    env_from = None
+    if settings.adapter_inputs_secret:
+        env_from = [{"secretRef": {"name": settings.adapter_inputs_secret}}]
+    quantities = {"cpu": _cpu(nim.cpu), "memory": nim.lora_adapter_mem}
+    return {
+        "name": ADAPTER_INPUTS_CONTAINER,
+        "image": settings.adapter_inputs_image or flytekit_image(),
+        "imagePullPolicy": nim.image_pull_policy,
+        "command": ["python3", "-c", INPUTS_DOWNLOAD_PROGRAM],
+        "env": env,
+        "envFrom": env_from,
+        "resources": guaranteed_resources(quantities),
+        "volumeMounts": [
+            *_downloader_mounts(nim, peft),
+            {"name": "downloader-tmp", "mountPath": DOWNLOADER_TMP},
+        ],
+        "securityContext": security,
+    }
+
+
+def _volumes(nim: NIM, peft: str | None, adapter_uris: Mapping[str, str] | None) -> list[Any]:
     cache: dict[str, Any]
     if nim.cache_pvc:
         cache = {"name": "nim-cache", "persistentVolumeClaim": {"claimName": nim.cache_pvc}}
@@ -382,8 +552,10 @@ def _volumes(nim: NIM) -> list[dict[str, Any]]:
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": nim.shm_size}},
         cache,
     ]
-    if nim.peft_source:
+    if peft:
         volumes.append({"name": "lora", "emptyDir": {}})
+    if adapter_uris:
+        volumes.append({"name": "downloader-tmp", "emptyDir": {}})
     return volumes
 
 
@@ -395,9 +567,17 @@ def _tolerations(nim: NIM) -> list[dict[str, Any]] | None:
     return tolerations or None
 
 
-def pod_spec_parts(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
+def pod_spec_parts(
+    nim: NIM,
+    settings: ConnectorSettings,
+    adapter_uris: Mapping[str, str] | None = None,
+    security: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The parts of the pod spec shared by the connector's Pod and the sidecar form: the NIM
-    container (and the adapter download), volumes, pull secret and placement."""
+    container (after the adapter downloads), volumes, pull secret and placement.
+
+    `security` is every container's securityContext (`container_security_context`).
+    """
     if nim.cache_pvc and not settings.allow_cache_pvc:
         raise ConfigError(
             [
@@ -406,6 +586,15 @@ def pod_spec_parts(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
                 )
             ]
         )
+    problems = adapter_problems(nim, adapter_uris)
+    if problems:
+        raise ConfigError(problems)
+    peft = peft_source(nim, adapter_uris)
+    init = []
+    if peft and nim.hf_repo_ids:
+        init.append(_lora_container(nim, settings, peft, security))
+    if peft and adapter_uris:
+        init.append(_inputs_container(nim, settings, peft, adapter_uris, security))
     return {
         "serviceAccountName": nim.service_account,
         "runtimeClassName": nim.runtime_class_name,
@@ -414,9 +603,9 @@ def pod_spec_parts(nim: NIM, settings: ConnectorSettings) -> dict[str, Any]:
         "affinity": nim.affinity,
         "tolerations": _tolerations(nim),
         "imagePullSecrets": [{"name": nim.secrets.ngc_image_secret}],
-        "initContainers": [_lora_container(nim, settings)] if nim.peft_source else None,
-        "containers": [_nim_container(nim, settings)],
-        "volumes": _volumes(nim),
+        "initContainers": init or None,
+        "containers": [_nim_container(nim, settings, peft, security)],
+        "volumes": _volumes(nim, peft, adapter_uris),
     }
 
 
@@ -449,7 +638,9 @@ def _users(keys: Mapping[str, str] | None) -> dict[str, str]:
     }
 
 
-def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
+def _our_annotations(
+    nim: NIM, identity: DeploymentIdentity, adapters: Sequence[str]
+) -> dict[str, str]:
     execution_id: dict[str, Any] = {}
     if identity.execution is not None:
         e = identity.execution
@@ -460,6 +651,8 @@ def _our_annotations(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
         ANNOTATION_EXECUTION_ID: json.dumps(execution_id, sort_keys=True, separators=(",", ":")),
         ANNOTATION_ENDPOINT: identity.endpoint(nim.port),
     }
+    if adapters:
+        ours[ANNOTATION_ADAPTERS] = adapters_value(adapters)
     if identity.expires_at is not None:
         ours[ANNOTATION_EXPIRES_AT] = format_time(identity.expires_at)
     return ours
@@ -469,11 +662,13 @@ def render_pod(
     nim: NIM,
     identity: DeploymentIdentity,
     settings: ConnectorSettings | None = None,
+    adapter_uris: Mapping[str, str] | None = None,
     *,
     ttl: timedelta | None = None,
 ) -> dict[str, Any]:
-    """The NIM Pod: restricted security context, requests = limits, probes, secrets by ref.
+    """The NIM Pod: security profile, requests = limits, probes, secrets by ref, adapters.
 
+    `adapter_uris` are the adapters given as task inputs ({name: object-store URI}).
     restartPolicy is Always: a crashing server restarts, and its growing restartCount is what
     status classification reads to fail a crash loop. ``activeDeadlineSeconds`` is the ttl
     (default: the settings' ``default_ttl``): the kubelet stops the server then even when no
@@ -482,22 +677,18 @@ def render_pod(
     """
     settings = settings or ConnectorSettings()
     _check_service_account(nim, settings)
+    profile = security_profile_for(nim, settings)
     deadline = ttl if ttl is not None else settings.default_ttl
     spec = {
         "activeDeadlineSeconds": max(1, math.ceil(deadline.total_seconds())),
         "restartPolicy": "Always",
         "enableServiceLinks": False,
         "automountServiceAccountToken": None if nim.service_account else False,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": NIM_UID,
-            "runAsGroup": NIM_UID,
-            "fsGroup": NIM_UID,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        **pod_spec_parts(nim, settings),
+        "securityContext": pod_security_context(profile),
+        **pod_spec_parts(nim, settings, adapter_uris, container_security_context(profile)),
     }
-    annotations = {**_users(nim.annotations), **_our_annotations(nim, identity)}
+    adapters = adapter_names(nim, adapter_uris)
+    annotations = {**_users(nim.annotations), **_our_annotations(nim, identity, adapters)}
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -522,7 +713,15 @@ def render_service(
 
     With `pod_uid` it is owned by the Pod, so deleting the Pod deletes it.
     """
-    return render(nim, identity, settings, pod_uid)[1]
+    # The Service takes the Pod's name, labels, annotations and port, none of which a policy
+    # of the settings changes: render with settings that refuse nothing.
+    lenient = ConnectorSettings(
+        allowed_security_profiles=SECURITY_PROFILES, service_accounts=("*",)
+    )
+    pod = render_pod(nim, identity, lenient)
+    if pod_uid is not None:
+        pod["metadata"]["uid"] = pod_uid
+    return service_for_pod(pod)
 
 
 def service_for_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
@@ -589,11 +788,12 @@ def render(
     identity: DeploymentIdentity,
     settings: ConnectorSettings | None = None,
     pod_uid: str | None = None,
+    adapter_uris: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Everything the connector creates for one deployment, in creation order: Pod, Service."""
-    pod = render_pod(nim, identity, settings)
-    owner = {**pod, "metadata": {**pod["metadata"], "uid": pod_uid}} if pod_uid else pod
-    return [pod, service_for_pod(owner)]
+    pod = render_pod(nim, identity, settings, adapter_uris)
+    existing = {**pod, "metadata": {**pod["metadata"], "uid": pod_uid}} if pod_uid else pod
+    return [pod, service_for_pod(existing)]
 
 
 # --------------------------------------------------------------------------- YAML

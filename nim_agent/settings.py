@@ -17,10 +17,12 @@ together in one `ConfigError`, each naming the env var or file key.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import json
 import os
 import re
 import string
+import sys
 import types
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,17 +35,43 @@ from nim_agent.checks import (
     Problems,
     check_dns_label,
     check_dns_subdomain,
+    check_http_url,
     check_image,
     closest,
     show,
 )
 from nim_agent.contract import NIM_CONTAINER, format_duration, parse_duration
 
-__all__ = ["ENV_PREFIX", "ConnectorSettings", "StatusPolicy"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECURITY_PROFILES",
+    "SERVING_CHECKS",
+    "ConnectorSettings",
+    "StatusPolicy",
+    "flytekit_image",
+]
 
 ENV_PREFIX = "NIM_AGENT_"
 CONFIG_FILE_ENV = "NIM_AGENT_CONFIG"
 LOG_LINK_FIELDS = ("namespace", "pod", "container")
+SERVING_CHECKS = ("auto", "direct", "proxy", "off")
+# "restricted": Pod Security restricted (uid/gid 1000, no privilege escalation, no capabilities,
+# RuntimeDefault seccomp, on every container). "nvidia": what NVIDIA's NIM Operator runs, a
+# pod-level uid 1000 / gid 2000 / fsGroup 2000 and no container-level context (Pod Security
+# baseline).
+SECURITY_PROFILES = ("restricted", "nvidia")
+_ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def flytekit_image() -> str:
+    """flytekit's own image for this Python and the installed flytekit, as flytekit names it
+    (``cr.flyte.org/flyteorg/flytekit:py3.11-1.16.31``; ``latest`` for a development build)."""
+    try:
+        version = importlib.metadata.version("flytekit")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    suffix = version.replace("v", "") if version and "dev" not in version else "latest"
+    return f"cr.flyte.org/flyteorg/flytekit:py{sys.version_info[0]}.{sys.version_info[1]}-{suffix}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +97,9 @@ class StatusPolicy:
     #: A server that has served (or passed its startup probe) and then stays unready this long
     #: is stopped; before that it is reported, never failed.
     unhealthy_window: timedelta = timedelta(minutes=30)
+    #: FAILED when a Ready server's /v1/models has not listed the base model and every adapter
+    #: this long after the pod became Ready.
+    serving_window: timedelta = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,6 +150,32 @@ class ConnectorSettings:
     lease_duration: timedelta = timedelta(seconds=15)
     """How long a Lease holder that stops renewing keeps it: the longest pause in cleanup when
     the holder dies (client-go's default)."""
+    serving_check: str = "auto"
+    """How GetTask verifies that a Ready server serves (GET /v1/models lists the base model and
+    every adapter): "direct" (HTTP to the endpoint; the connector runs in the cluster), "proxy"
+    (through the API server's pod proxy; RBAC get on pods/proxy), "auto" (direct in a pod, else
+    proxy), or "off" (Ready is enough)."""
+    serving_window: timedelta = timedelta(minutes=5)
+    """How long after Ready the check may go unsatisfied before the task fails."""
+    serving_timeout: timedelta = timedelta(seconds=5)
+    """Timeout of one /v1/models request (GetTask itself waits at most 1 s for it)."""
+    hf_endpoint: str | None = None
+    """Hugging Face Hub (or mirror) the adapter downloader uses when a task names none; None:
+    https://huggingface.co."""
+    adapter_inputs_image: str | None = None
+    """Image of the init container that downloads adapters given as task inputs (it runs
+    flytekit); None: flytekit's own image of the installed version (`flytekit_image()`)."""
+    adapter_inputs_env: tuple[tuple[str, str], ...] = ()
+    """Extra environment of that container: flytekit's object-store settings, e.g.
+    {"FLYTE_AWS_ENDPOINT": "http://minio.flyte:9000"}."""
+    adapter_inputs_secret: str | None = None
+    """Secret whose keys become environment variables of that container only (e.g.
+    FLYTE_AWS_ACCESS_KEY_ID, FLYTE_AWS_SECRET_ACCESS_KEY); None: none."""
+    security_profile: str = "restricted"
+    """Security context of NIM pods: "restricted" (Pod Security restricted) or "nvidia" (the NIM
+    Operator's pod-level uid 1000 / gid 2000 / fsGroup 2000; needs Pod Security baseline)."""
+    allowed_security_profiles: tuple[str, ...] = ()
+    """Profiles a task may choose with NIM(security_profile=...) besides `security_profile`."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -169,6 +226,30 @@ class ConnectorSettings:
             add(f"log_links.{link_name}", _check_template(template))
         if self.lora_downloader_image is not None:
             add("lora_downloader_image", check_image(self.lora_downloader_image))
+        if self.serving_check not in SERVING_CHECKS:
+            add(
+                "serving_check",
+                f"{show(self.serving_check)} is not one of {', '.join(SERVING_CHECKS)}"
+                f"{closest(str(self.serving_check), SERVING_CHECKS)}",
+            )
+        if self.hf_endpoint is not None:
+            add("hf_endpoint", check_http_url(self.hf_endpoint))
+        if self.adapter_inputs_image is not None:
+            add("adapter_inputs_image", check_image(self.adapter_inputs_image))
+        for var, _ in self.adapter_inputs_env:
+            if not _ENV_NAME.match(var):
+                add(f"adapter_inputs_env.{var}", "is not an environment variable name")
+        if self.adapter_inputs_secret is not None:
+            add("adapter_inputs_secret", check_dns_subdomain(self.adapter_inputs_secret))
+        for name, profile in [("security_profile", self.security_profile)] + [
+            ("allowed_security_profiles", p) for p in self.allowed_security_profiles
+        ]:
+            if profile not in SECURITY_PROFILES:
+                add(
+                    name,
+                    f"{show(profile)} is not one of {', '.join(SECURITY_PROFILES)}"
+                    f"{closest(str(profile), SECURITY_PROFILES)}",
+                )
         return found
 
     def status_policy(self) -> StatusPolicy:
@@ -178,11 +259,16 @@ class ConnectorSettings:
             crashloop_restart_threshold=self.crashloop_restart_threshold,
             unschedulable_timeout=self.unschedulable_timeout,
             unhealthy_window=self.unhealthy_window,
+            serving_window=self.serving_window,
         )
 
     def service_account_allowed(self, account: str) -> bool:
         """Whether a NIM may run its server under ServiceAccount `account`."""
         return "*" in self.service_accounts or account in self.service_accounts
+
+    def security_profile_allowed(self, profile: str) -> bool:
+        """Whether a task may ask for this security profile."""
+        return profile == self.security_profile or profile in self.allowed_security_profiles
 
     def namespace_allowed(self, namespace: str) -> bool:
         """Whether a NIM may ask for `namespace` (beyond the execution's own)."""

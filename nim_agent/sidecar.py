@@ -1,6 +1,13 @@
 """The seed's sidecar form: the NIM server next to the task's own container, as a flytekit
 PodTemplate (`NIM(...).pod_template`).
 
+The server runs as a native sidecar, as the upstream flytekit plugin runs it: the last init
+container, with ``restartPolicy: Always``, after the downloads (the task's inputs, the LoRA
+adapters). Kubernetes (1.29 and later) starts the task's own container only once the server's
+startup probe has passed, so task code finds the server ready at `NIM.base_url`; the server is
+stopped when the task's container exits. ``pod_spec.containers`` is empty: Flyte adds the task's
+container as the primary one.
+
 Purely computational: the containers, volumes, secrets and placement are the connector's own
 (`nim_agent.render.pod_spec_parts`); this module adds what only the sidecar form has (the input
 download of the seed's `download_inputs`) and adapts the spec to flytekit: `sidecar_pod_template`
@@ -14,10 +21,11 @@ from typing import TYPE_CHECKING, Any
 from nim_agent.contract import INPUT_CONTAINER, SHARED_PATH
 from nim_agent.render import (
     NIM_UID,
+    NVIDIA_GID,
+    container_security_context,
     drop_none,
     guaranteed_resources,
     pod_spec_parts,
-    restricted_security_context,
 )
 from nim_agent.settings import ConnectorSettings
 
@@ -64,14 +72,14 @@ print("inputs written to {SHARED_PATH}/inputs.json:", sorted(values))
 DEFAULT_INPUT_DOWNLOADER_IMAGE = "cr.flyte.org/flyteorg/flytekit:py3.11-latest"
 
 
-def _input_downloader(nim: NIM, image: str) -> dict[str, Any]:
+def _input_downloader(nim: NIM, image: str, security: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "name": INPUT_CONTAINER,
         "image": image,
         "command": ["python3", "-c", INPUT_DOWNLOAD_SCRIPT, "{{.input}}"],
         "env": [{"name": "HOME", "value": "/tmp"}],
         "resources": guaranteed_resources({"cpu": "1", "memory": nim.inputs_mem}),
-        "securityContext": restricted_security_context(),
+        "securityContext": security,
         "volumeMounts": [
             {"name": "shared-data", "mountPath": SHARED_PATH},
             {"name": "downloader-tmp", "mountPath": "/tmp"},
@@ -84,34 +92,42 @@ def sidecar_pod_spec(
     settings: ConnectorSettings | None = None,
     input_downloader_image: str = DEFAULT_INPUT_DOWNLOADER_IMAGE,
 ) -> dict[str, Any]:
-    """The seed's sidecar form as a pod spec dict: the NIM as `containers[0]`, next to which
-    Flyte adds the task's own (primary) container.
+    """The seed's sidecar form as a pod spec dict: the NIM server as the last init container,
+    a native sidecar (``restartPolicy: Always``), and no containers: Flyte adds the task's own
+    (primary) container, which starts once the server's startup probe has passed.
 
     Same containers, volumes, secrets and placement as the connector's Pod; left out are the
     pod-wide settings that would also bind the task's container (non-root, restartPolicy,
-    service links, token mount): the NIM container carries its own security context. With
-    `download_inputs`, an init container first downloads the task's inputs to /shared (also
-    mounted, read-only, in the NIM container).
+    service links, token mount): our containers carry their own security context (the
+    `security_profile`'s, "restricted" by default). With `download_inputs`, an init container
+    first downloads the task's inputs to /shared (also mounted, read-only, in the server).
     """
-    spec = {
-        "securityContext": {"fsGroup": NIM_UID},  # lets uid 1000 write to a PVC cache
-        **pod_spec_parts(nim, settings or ConnectorSettings()),
-    }
+    profile = nim.security_profile or "restricted"
+    security = container_security_context(profile, sidecar=True)
+    parts = pod_spec_parts(nim, settings or ConnectorSettings(), security=security)
+    (server,) = parts.pop("containers")
+    server["restartPolicy"] = "Always"
+    downloads = list(parts.pop("initContainers", None) or [])
+    volumes = list(parts.pop("volumes"))
     if nim.download_inputs:
-        spec["initContainers"] = [
-            _input_downloader(nim, input_downloader_image),
-            *(spec.get("initContainers") or []),
-        ]
-        spec["volumes"] = [
-            *spec["volumes"],
+        downloads.insert(0, _input_downloader(nim, input_downloader_image, security))
+        volumes += [
             {"name": "shared-data", "emptyDir": {}},
             {"name": "downloader-tmp", "emptyDir": {}},
         ]
-        server = spec["containers"][0]
         server["volumeMounts"] = [
             *(server.get("volumeMounts") or []),
             {"name": "shared-data", "mountPath": SHARED_PATH, "readOnly": True},
         ]
+    # fsGroup lets the server's uid write to a PVC cache.
+    group = NVIDIA_GID if profile == "nvidia" else NIM_UID
+    spec = {
+        "securityContext": {"fsGroup": group},
+        **parts,
+        "initContainers": [*downloads, server],
+        "containers": [],
+        "volumes": volumes,
+    }
     return drop_none(spec)  # type: ignore[no-any-return]
 
 

@@ -6,8 +6,10 @@ proto/nim_agent/v1/nim.proto; the custom is its JSON form with the proto's field
 
 Public API::
 
-    to_proto(nim, ttl) -> NIMTaskConfig       from_proto(msg) -> NIMTaskSpec(nim, ttl)
-    to_custom(nim, ttl) -> dict               from_custom(dict) -> NIMTaskSpec(nim, ttl)
+    to_proto(nim, ttl, typed_endpoint) -> NIMTaskConfig   from_proto(msg) -> NIMTaskSpec
+    to_custom(nim, ttl, typed_endpoint) -> dict           from_custom(dict) -> NIMTaskSpec
+
+`NIMTaskSpec` is (nim, ttl, typed_endpoint).
 
 `from_proto` validates (it builds a `NIM`), so a damaged config surfaces as `ConfigError`.
 """
@@ -27,7 +29,6 @@ from nim_agent.checks import ConfigError, Problem, show
 from nim_agent.config import NIM
 
 __all__ = [
-    "DEFAULT_TTL",
     "SCHEMA_VERSION",
     "TASK_TYPE",
     "TEARDOWN_TASK_TYPE",
@@ -42,7 +43,6 @@ __all__ = [
 TASK_TYPE = "nim"
 TEARDOWN_TASK_TYPE = "nim-teardown"
 SCHEMA_VERSION = 1
-DEFAULT_TTL = timedelta(hours=2)
 
 # NIM fields that map one to one onto an `optional` scalar of the same name in the proto (read
 # from the schema itself, so a field added to both is carried without a list to update here).
@@ -66,10 +66,11 @@ _TOLERATION_FIELDS = {
 
 @dataclass(frozen=True)
 class NIMTaskSpec:
-    """What a "nim" task asks for: the deployment and how long it may live."""
+    """What a "nim" task asks for: the deployment, how long it may live, its output's form."""
 
     nim: NIM
     ttl: timedelta | None  # None: the connector's default_ttl
+    typed_endpoint: bool = False
 
 
 def check_ttl(ttl: object) -> timedelta | None:
@@ -102,9 +103,12 @@ def _check_schema_version(version: object) -> None:
         )
 
 
-def to_proto(nim: NIM, ttl: timedelta | None = None) -> nim_pb2.NIMTaskConfig:
-    """The task config message for `nim` living `ttl` (None: the connector's default_ttl)."""
-    msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION)
+def to_proto(
+    nim: NIM, ttl: timedelta | None = None, typed_endpoint: bool = False
+) -> nim_pb2.NIMTaskConfig:
+    """The task config message for `nim` living `ttl` (None: the connector's default_ttl;
+    output a NIMEndpoint if typed)."""
+    msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION, typed_endpoint=typed_endpoint)
     checked = check_ttl(ttl)
     if checked is not None:
         msg.ttl.FromTimedelta(checked)
@@ -172,7 +176,7 @@ def from_proto(msg: nim_pb2.NIMTaskConfig) -> NIMTaskSpec:
         kwargs["affinity"] = _whole_numbers(json_format.MessageToDict(m.affinity))
     nim = NIM.from_dict({"secrets": secrets, **kwargs})  # reports every problem together
     ttl = msg.ttl.ToTimedelta() if msg.HasField("ttl") else None
-    return NIMTaskSpec(nim=nim, ttl=ttl)
+    return NIMTaskSpec(nim=nim, ttl=ttl, typed_endpoint=msg.typed_endpoint)
 
 
 def _whole_numbers(value: Any) -> Any:
@@ -186,9 +190,13 @@ def _whole_numbers(value: Any) -> Any:
     return value
 
 
-def to_custom(nim: NIM, ttl: timedelta | None = None) -> dict[str, Any]:
+def to_custom(
+    nim: NIM, ttl: timedelta | None = None, typed_endpoint: bool = False
+) -> dict[str, Any]:
     """`TaskTemplate.custom` for a "nim" task: the config message as JSON (field names kept)."""
-    return json_format.MessageToDict(to_proto(nim, ttl), preserving_proto_field_name=True)
+    return json_format.MessageToDict(
+        to_proto(nim, ttl, typed_endpoint), preserving_proto_field_name=True
+    )
 
 
 def from_custom(custom: Mapping[str, Any]) -> NIMTaskSpec:

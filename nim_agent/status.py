@@ -7,8 +7,10 @@ is a function of its arguments, so every branch is covered by table-driven unit 
 
 Public API::
 
-    classify(pod, *, events=(), now, policy, endpoint, log_tail=None, deletion_cause=None)
-        -> Classification(phase, message, reason, outputs, custom_info, log_request)
+    classify(pod, *, events=(), now, policy, endpoint, log_tail=None, deletion_cause=None,
+             serving=None, typed=False)
+        -> Classification(phase, message, reason, outputs, custom_info, log_request,
+                          models_request, served)
     policy_for(pod, settings.status_policy()) -> StatusPolicy   # + the pod's own startup window
     flyte_phase(Phase.RUNNING) -> 2      # flyteidl TaskExecution.Phase value
     is_terminal(Phase.SUCCEEDED) -> True
@@ -45,7 +47,14 @@ _pod_failed          phase Failed: a container or an     FAILED                 
 _pod_succeeded       phase Succeeded (server exited 0)   FAILED                 ServerExited
 _node_lost           phase Unknown, reason NodeLost,     RETRYABLE_FAILED       NodeLost
                      NodeNotReady
-_ready               Ready condition True                SUCCEEDED              Ready
+_ready               Ready (not checked), or Ready and   SUCCEEDED              Ready
+                     verified serving (see below)
+_ready               Ready; /v1/models not answered, or  RUNNING                VerifyingServing
+                     lacking something, in the window
+_ready               ... past `serving_window`, adapters FAILED                 AdaptersMissing
+                     not listed
+_ready               ... past `serving_window`, no       FAILED                 NotServing
+                     answer or no (expected) base model
 _interrupted         has served (`served-at`), unready   SUCCEEDED              ServingInterrupted
                      now (probe misses, restarts): the
                      reaper stops it after the
@@ -90,7 +99,16 @@ _fallback            anything else                       INITIALIZING, RUNNING  
 
 Times are measured against `now`: the unschedulable timeout from the pod's creation, the image
 pull and container-create grace from the first kubelet ``Failed`` event of that container (else
-from scheduling), the startup window from the current start of the server container.
+from scheduling), the startup window from the current start of the server container, the
+serving window from the pod's Ready transition.
+
+Verified serving (`_ready`). Without a `ServingCheck` (the connector's ``serving_check: off``),
+Ready is SUCCEEDED. With one, Ready is SUCCEEDED only once ``GET {endpoint}/v1/models`` has
+listed the base model (NIM_SERVED_MODEL_NAME, when the NIM container sets it) and every adapter
+of the pod's adapters annotation with that model as its parent (`nim_agent.models`); or when the
+pod already carries the served-at annotation of an earlier verification. The first verification
+returns `Classification.served`, the annotations the caller writes on the pod (one merge patch).
+A check not asked yet returns ``models_request``: ask, and classify again with the reply.
 """
 
 from __future__ import annotations
@@ -103,7 +121,16 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from nim_agent.contract import format_duration, format_time
+from nim_agent.contract import (
+    ANNOTATION_SERVED_AT,
+    ANNOTATION_SERVED_MODEL,
+    MODELS_PATH,
+    NIM_CONTAINER,
+    NIMEndpoint,
+    format_duration,
+    format_time,
+)
+from nim_agent.models import Missing, ModelsReply, missing
 from nim_agent.podfacts import (
     ContainerFacts,
     EventFacts,
@@ -119,6 +146,7 @@ __all__ = [
     "LogRequest",
     "Phase",
     "Reason",
+    "ServingCheck",
     "StatusPolicy",
     "classify",
     "flyte_phase",
@@ -152,6 +180,7 @@ class Reason(enum.StrEnum):
     INIT_CONTAINER_RUNNING = "InitContainerRunning"
     LOADING_MODEL = "LoadingModel"
     RESTARTING = "Restarting"
+    VERIFYING_SERVING = "VerifyingServing"
     UNKNOWN = "Unknown"
     # success
     READY = "Ready"
@@ -169,6 +198,8 @@ class Reason(enum.StrEnum):
     NOT_READY = "NotReady"  # RUNNING: passed its startup probe, not ready (yet or again)
     TTL_EXPIRED = "TtlExpired"
     UNHEALTHY = "Unhealthy"  # stopped: unready past the unhealthy window
+    ADAPTERS_MISSING = "AdaptersMissing"
+    NOT_SERVING = "NotServing"
     # FAILED when nim-agent deleted the pod, RETRYABLE_FAILED otherwise
     POD_DELETED = "PodDeleted"
     # RETRYABLE_FAILED
@@ -202,6 +233,19 @@ class LogRequest:
 
     container: str
     previous: bool  # the log of the previous (crashed) instance of the container
+    lines: int = 20  # how many of the last lines to read
+
+
+@dataclass(frozen=True)
+class ServingCheck:
+    """The ``/v1/models`` check of a Ready server, as `classify` sees it.
+
+    ``reply`` None: no answer yet, either not asked (``asked`` False: the result then carries
+    ``models_request``) or asked and still in flight.
+    """
+
+    reply: ModelsReply | None = None
+    asked: bool = False
 
 
 @dataclass(frozen=True)
@@ -211,9 +255,12 @@ class Classification:
     phase: Phase
     message: str
     reason: Reason
-    outputs: dict[str, str] | None = None  # {"endpoint": ...} on SUCCEEDED, None otherwise
+    # {"endpoint": the URL, or a NIMEndpoint when typed} on SUCCEEDED, None otherwise
+    outputs: dict[str, Any] | None = None
     custom_info: dict[str, Any] = field(default_factory=dict)  # JSON-safe: pod, node, timings
     log_request: LogRequest | None = None  # set on failures a log would explain
+    models_request: bool = False  # ask /v1/models and classify again with the reply
+    served: dict[str, str] | None = None  # annotations to write: first verified serving
 
     @property
     def retryable(self) -> bool:
@@ -247,6 +294,7 @@ class _Context:
     endpoint: str
     log_tail: str | None
     deletion_cause: str | None
+    serving: ServingCheck | None = None
 
 
 @dataclass(frozen=True)
@@ -255,17 +303,26 @@ class _Verdict:
     reason: Reason
     message: str
     log_request: LogRequest | None = None
+    models_request: bool = False
+    model: str = ""  # on SUCCEEDED: the served base model id, when known
+    served: dict[str, str] | None = None
 
 
 _LOG_TAIL_LINES = 20
 _LOG_TAIL_CHARS = 2000
 
 
-def _with_log(message: str, ctx: _Context) -> str:
+def _with_log(message: str, ctx: _Context, about: Sequence[str] = ()) -> str:
+    """`message` and the log tail; with `about`, only the lines naming one of those words (a
+    serving server's log is mostly its access log), else the last lines."""
     if not ctx.log_tail or not ctx.log_tail.strip():
         return message
-    lines = ctx.log_tail.rstrip().splitlines()[-_LOG_TAIL_LINES:]
-    tail = "\n".join(lines)[-_LOG_TAIL_CHARS:]
+    lines = ctx.log_tail.rstrip().splitlines()
+    named = [line for line in lines if any(word in line for word in about)]
+    if named:
+        tail = "\n".join(named[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
+        return f"{message}\nLog lines naming {', '.join(about)}:\n{tail}"
+    tail = "\n".join(lines[-_LOG_TAIL_LINES:])[-_LOG_TAIL_CHARS:]
     return f"{message}\nLast log lines:\n{tail}"
 
 
@@ -443,8 +500,151 @@ def _ready(ctx: _Context) -> _Verdict | None:
     took = f" after {_ago(pod.ready_at - pod.created)}" if pod.ready_at and pod.created else ""
     restarts = sum(c.restart_count for c in pod.containers)
     note = f" ({restarts} container restart{'s' if restarts != 1 else ''})" if restarts else ""
+    if ctx.serving is None:  # not checked: Ready is enough, and the first Ready is recorded
+        return _Verdict(
+            Phase.SUCCEEDED,
+            Reason.READY,
+            f"NIM server ready at {ctx.endpoint}{took}{note}.",
+            model=pod.served_model or pod.model_name,
+            served=None
+            if pod.served_at is not None
+            else {ANNOTATION_SERVED_AT: format_time(pod.ready_at or pod.now)},
+        )
+    if pod.served_at is not None:  # verified before (by this connector, another, an earlier one)
+        return _Verdict(
+            Phase.SUCCEEDED,
+            Reason.READY,
+            f"NIM server serving at {ctx.endpoint} (ready{took}{note}; verified at "
+            f"{format_time(pod.served_at)}).",
+            model=pod.served_model or pod.model_name,
+        )
+    return _serving(ctx, took + note)
+
+
+# What to look at when /v1/models keeps lacking something (the FAILED messages' advice).
+_ADAPTER_HINT = (
+    "check that each adapter is a LoRA adapter of this base model (adapter_config.json with "
+    "*.safetensors or *.bin weights, or a .nemo file), that the image supports LoRA (a feat_lora "
+    "profile; -variant images do not), the NIM_MAX_CPU_LORAS / NIM_MAX_GPU_LORAS limits, and the "
+    "server's log"
+)
+_ADAPTER_LOG_LINES = 2000  # where the server said why it did not load an adapter, at its start
+_ROUTE_HINT = (
+    "check the connector's route to the server (serving_check direct: the connector's network "
+    "access to the pod's port; proxy: RBAC get on pods/proxy) and the server's log"
+)
+
+
+def _lacking(lack: Missing) -> str:
+    parts = []
+    if lack.model == "*":
+        parts.append("a base model")
+    elif lack.model:
+        parts.append(f"the base model {lack.model} (NIM_SERVED_MODEL_NAME)")
+    if lack.adapters:
+        word = "adapter" if len(lack.adapters) == 1 else "adapters"
+        parts.append(f"{word} {', '.join(lack.adapters)}")
+    return " and ".join(parts)
+
+
+def _serving(ctx: _Context, took: str) -> _Verdict:
+    """A Ready server under the /v1/models check (see the module docstring)."""
+    pod, check = ctx.pod, ctx.serving
+    assert check is not None
+    window = ctx.policy.serving_window
+    ready_for = pod.since(pod.ready_at)
+    late = ready_for is not None and ready_for >= window
+    url = f"{ctx.endpoint}{MODELS_PATH}"
+    since = f"ready for {_ago(ready_for)}, " if ready_for is not None else ""
+    reply = check.reply
+    log = LogRequest(NIM_CONTAINER, previous=False)
+    if reply is None:
+        if late and check.asked:
+            return _Verdict(
+                Phase.FAILED,
+                Reason.NOT_SERVING,
+                _with_log(
+                    f"The NIM server has been ready for {_ago(ready_for)} but GET {url} has not "
+                    f"answered within the serving window ({_ago(window)}): {_ROUTE_HINT}.",
+                    ctx,
+                ),
+                log,
+            )
+        doing = "asking" if check.asked else "checking that it serves:"
+        return _Verdict(
+            Phase.RUNNING,
+            Reason.VERIFYING_SERVING,
+            f"NIM server ready{took}; {doing} GET {url} ({since}FAILED after {_ago(window)} "
+            "without the base model and every adapter listed).",
+            models_request=not check.asked,
+        )
+    if reply.models is None:
+        if late:
+            return _Verdict(
+                Phase.FAILED,
+                Reason.NOT_SERVING,
+                _with_log(
+                    f"The NIM server has been ready for {_ago(ready_for)} but GET {url} does not "
+                    f"answer with a model list ({reply.problem}): {_ROUTE_HINT}.",
+                    ctx,
+                ),
+                log,
+            )
+        return _Verdict(
+            Phase.RUNNING,
+            Reason.VERIFYING_SERVING,
+            f"NIM server ready{took}, but GET {url} failed: {reply.problem} ({since}retrying; "
+            f"FAILED after {_ago(window)}).",
+        )
+    lack = missing(reply.models, adapters=pod.adapters, model=pod.model_name or None)
+    if not lack:
+        model = next(
+            (m for m in (pod.model_name or "").split(",") if m.strip() in reply.models.base),
+            reply.models.model,
+        ).strip()
+        adapters = f" and adapters {', '.join(pod.adapters)}" if pod.adapters else ""
+        return _Verdict(
+            Phase.SUCCEEDED,
+            Reason.READY,
+            f"NIM server serving at {ctx.endpoint} (ready{took}): {MODELS_PATH} lists "
+            f"{model}{adapters}.",
+            model=model,
+            served={
+                ANNOTATION_SERVED_AT: format_time(reply.at),
+                ANNOTATION_SERVED_MODEL: model,
+            },
+        )
+    lacking = _lacking(lack)
+    listed = reply.models.describe()
+    if late:
+        if lack.adapters:
+            return _Verdict(
+                Phase.FAILED,
+                Reason.ADAPTERS_MISSING,
+                _with_log(
+                    f"The NIM server has been ready for {_ago(ready_for)} but {MODELS_PATH} does "
+                    f"not list {lacking} (it lists {listed}): {_ADAPTER_HINT}.",
+                    ctx,
+                    about=lack.adapters,
+                ),
+                LogRequest(NIM_CONTAINER, previous=False, lines=_ADAPTER_LOG_LINES),
+            )
+        return _Verdict(
+            Phase.FAILED,
+            Reason.NOT_SERVING,
+            _with_log(
+                f"The NIM server has been ready for {_ago(ready_for)} but {MODELS_PATH} does not "
+                f"list {lacking} (it lists {listed}): check NIM_SERVED_MODEL_NAME and the "
+                "server's log.",
+                ctx,
+            ),
+            log,
+        )
     return _Verdict(
-        Phase.SUCCEEDED, Reason.READY, f"NIM server ready at {ctx.endpoint}{took}{note}."
+        Phase.RUNNING,
+        Reason.VERIFYING_SERVING,
+        f"NIM server ready{took}; {MODELS_PATH} does not list {lacking} yet (it lists {listed}; "
+        f"{since}FAILED after {_ago(window)}).",
     )
 
 
@@ -556,11 +756,19 @@ def _init_failure(ctx: _Context, *, final: bool) -> _Verdict | None:
         if container.oom_killed:
             return _oom(ctx, container)
         if final or container.restart_count >= threshold:
-            if container.is_lora_downloader:
+            if container.is_input_adapter_downloader:
+                hint = (
+                    "check that each adapter input is the folder of a LoRA adapter "
+                    "(adapter_config.json with *.safetensors or *.bin weights, or a .nemo file) "
+                    "and that the pod may read Flyte's object store (the connector's "
+                    "adapter_inputs_image, adapter_inputs_env and adapter_inputs_secret, or "
+                    "NIM(service_account=...))"
+                )
+            elif container.is_lora_downloader:
                 hint = (
                     "check hf_repo_ids (each an existing Hugging Face repository holding "
-                    "adapter_config.json and adapter_model.safetensors) and the HF token "
-                    "(NIMSecrets hf_token_group / hf_token_key)"
+                    "adapter_config.json and adapter_model.safetensors), hf_endpoint and the HF "
+                    "token (NIMSecrets hf_token_group / hf_token_key)"
                 )
             else:
                 hint = "check its log"
@@ -904,6 +1112,8 @@ def classify(
     endpoint: str,
     log_tail: str | None = None,
     deletion_cause: str | None = None,
+    serving: ServingCheck | None = None,
+    typed: bool = False,
 ) -> Classification:
     """Map a NIM pod (and its events) to a Flyte phase, a message and metrics reason.
 
@@ -911,7 +1121,9 @@ def classify(
     `deletion_cause` is set when nim-agent itself deleted, or is deleting, the deployment (e.g.
     "ttl expired", "teardown", "failure cleanup"): the result is then FAILED, never retryable.
     `log_tail` is the tail of the log named by a previous result's `log_request`; it is appended
-    to the message of failures. `endpoint` becomes the output of SUCCEEDED.
+    to the message of failures. `endpoint` becomes the output of SUCCEEDED (with `typed`, as a
+    `NIMEndpoint` with the served model and adapters). `serving` is the ``/v1/models`` check of a
+    Ready server (None: not checked, Ready is SUCCEEDED); see the module docstring.
 
     Example::
 
@@ -930,13 +1142,19 @@ def classify(
             Reason.POD_DELETED,
         )
     facts = read_pod(pod, events, now)
-    ctx = _Context(facts, policy, endpoint, log_tail, deletion_cause)
+    ctx = _Context(facts, policy, endpoint, log_tail, deletion_cause, serving)
     verdict = next((v for rule in _RULES if (v := rule(ctx)) is not None), None) or _fallback(ctx)
+    outputs: dict[str, Any] | None = None
+    if verdict.phase is Phase.SUCCEEDED:
+        value = NIMEndpoint.of(endpoint, verdict.model, facts.adapters) if typed else endpoint
+        outputs = {"endpoint": value}
     return Classification(
         phase=verdict.phase,
         message=verdict.message,
         reason=verdict.reason,
-        outputs={"endpoint": endpoint} if verdict.phase is Phase.SUCCEEDED else None,
+        outputs=outputs,
         custom_info=custom_info(facts),
         log_request=verdict.log_request,
+        models_request=verdict.models_request,
+        served=verdict.served,
     )

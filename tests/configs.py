@@ -63,6 +63,8 @@ def everything() -> NIM:
         lora_downloader_image="python:3.12-slim",
         download_inputs=True,
         inputs_mem="1Gi",
+        hf_endpoint="https://hf-mirror.example.com",
+        security_profile="nvidia",
     )
 
 

@@ -99,6 +99,12 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Tests that stop the whole control plane (and start it again, on another port) run after
+    # everything else: session clients made before do not survive them.
+    items.sort(key=lambda item: item.get_closest_marker("cluster_teardown") is not None)
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
     # Keep each phase's report on the item, so fixtures can tell whether the test failed.

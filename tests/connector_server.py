@@ -47,6 +47,12 @@ TERMINAL = {
 }
 
 
+# kwok's pods run no process: nothing answers GET /v1/models at their (fake) addresses, so the
+# connector's check that a Ready server serves is off for them unless a test sets
+# NIM_AGENT_SERVING_CHECK itself (the real node's pods serve: tests/e2e/test_serving_real_node.py).
+KWOK_SETTINGS = {"NIM_AGENT_SERVING_CHECK": "off"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -128,6 +134,7 @@ class ConnectorServer(Process):
             # A cleanup Lease of its own, so that the servers of different tests never wait for
             # each other's Lease; replicas of one deployment share theirs (set it in settings).
             "NIM_AGENT_LEASE_NAME": f"nim-agent-test-{self.port}",
+            **KWOK_SETTINGS,
             **self.settings,
         }
         self._log = open(self.log_path, "ab")  # noqa: SIM115  closed in stop()
@@ -264,13 +271,20 @@ def execution(
 
 
 def create_request(
-    template: Any, task_execution_id: identifier_pb2.TaskExecutionIdentifier | None, namespace: str
+    template: Any,
+    task_execution_id: identifier_pb2.TaskExecutionIdentifier | None,
+    namespace: str,
+    inputs: Any = None,
 ) -> agent_pb2.CreateTaskRequest:
+    """CreateTask as flytepropeller sends it; `inputs` is a flyteidl LiteralMap (the task's)."""
     metadata = agent_pb2.TaskExecutionMetadata(namespace=namespace)
     if task_execution_id is not None:
         metadata.task_execution_id.CopyFrom(task_execution_id)
     return agent_pb2.CreateTaskRequest(
-        template=template, output_prefix="/tmp/nim-agent-e2e", task_execution_metadata=metadata
+        template=template,
+        output_prefix="/tmp/nim-agent-e2e",
+        task_execution_metadata=metadata,
+        inputs=inputs,
     )
 
 

@@ -201,3 +201,60 @@ def run_downloader(
         text=True,
         timeout=120,
     )
+
+
+def objectstore_binary() -> Path:
+    """Where devcluster/objectstore.sh keeps its MinIO binary (built or not)."""
+    out = subprocess.run(["bash", str(OBJECTSTORE), "bin"], capture_output=True, text=True)
+    return Path(out.stdout.strip())
+
+
+def objectstore_up(state: Path, port: int, bucket: str = "nim-test") -> dict[str, str]:
+    """Start MinIO with its state in `state` (devcluster/objectstore.sh up); its settings file
+    (FLYTE_AWS_ENDPOINT, FLYTE_AWS_ACCESS_KEY_ID, ..., OBJECTSTORE_RAW_OUTPUT_PREFIX)."""
+    done = _objectstore(state, port, bucket, "up")
+    assert done.returncode == 0, done.stderr
+    return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+
+def objectstore_down(state: Path, port: int, bucket: str = "nim-test") -> None:
+    _objectstore(state, port, bucket, "down")
+
+
+def _objectstore(
+    state: Path, port: int, bucket: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    env = base_env(
+        DEVCLUSTER_DIR=str(state),
+        OBJECTSTORE_PORT=str(port),
+        OBJECTSTORE_BUCKET=bucket,
+        HOME=str(Path.home()),
+    )
+    if "NIM_AGENT_CACHE" in os.environ:
+        env["NIM_AGENT_CACHE"] = os.environ["NIM_AGENT_CACHE"]
+    return subprocess.run(
+        ["bash", str(OBJECTSTORE), *args], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+FLYTE_DOWNLOAD = REPO_ROOT / "nim_agent" / "flyte_download.py"
+
+
+def run_inputs_downloader(
+    adapters: dict[str, str], peft_source: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run nim_agent/flyte_download.py the way the pod does: its source given to `python3 -c`
+    (with this environment's flytekit, as the pod's flytekit image has it)."""
+    settings = base_env(
+        NIM_PEFT_SOURCE=str(peft_source),
+        NIM_AGENT_ADAPTER_URIS=json.dumps(adapters),
+        HOME=str(peft_source.parent / "home"),
+    )
+    settings.update(env)
+    return subprocess.run(
+        [sys.executable, "-c", FLYTE_DOWNLOAD.read_text()],
+        env=settings,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

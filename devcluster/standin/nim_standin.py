@@ -431,6 +431,10 @@ def make_handler(server: Server) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "nim-standin/1"
         protocol_version = "HTTP/1.1"
+        # Headers and body go out in two writes: without TCP_NODELAY the body waits for the
+        # client's delayed ACK (40 ms on Linux) on a kept-alive connection, as through the API
+        # server's proxy. uvicorn, which NIM runs on, sets it too.
+        disable_nagle_algorithm = True
 
         def log_message(self, format: str, *args: Any) -> None:  # access log, uvicorn-like
             host, port = self.client_address[:2]

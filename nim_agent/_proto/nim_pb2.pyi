@@ -36,8 +36,13 @@ class NIMTaskConfig(google.protobuf.message.Message):
     SCHEMA_VERSION_FIELD_NUMBER: builtins.int
     NIM_FIELD_NUMBER: builtins.int
     TTL_FIELD_NUMBER: builtins.int
+    TYPED_ENDPOINT_FIELD_NUMBER: builtins.int
     schema_version: builtins.int
     """Version of this schema (currently 1). A connector refuses a config newer than it knows."""
+    typed_endpoint: builtins.bool
+    """The task's output `endpoint` is a NIMEndpoint (base URL, OpenAI /v1 URL, served model id,
+    adapter ids) rather than the URL string (NIMTask(typed_endpoint=True)).
+    """
     @property
     def nim(self) -> Global___NIM: ...
     @property
@@ -50,9 +55,10 @@ class NIMTaskConfig(google.protobuf.message.Message):
         schema_version: builtins.int = ...,
         nim: Global___NIM | None = ...,
         ttl: google.protobuf.duration_pb2.Duration | None = ...,
+        typed_endpoint: builtins.bool = ...,
     ) -> None: ...
     def HasField(self, field_name: typing.Literal["nim", b"nim", "ttl", b"ttl"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["nim", b"nim", "schema_version", b"schema_version", "ttl", b"ttl"]) -> None: ...
+    def ClearField(self, field_name: typing.Literal["nim", b"nim", "schema_version", b"schema_version", "ttl", b"ttl", "typed_endpoint", b"typed_endpoint"]) -> None: ...
 
 Global___NIMTaskConfig: typing_extensions.TypeAlias = NIMTaskConfig
 
@@ -244,6 +250,8 @@ class NIM(google.protobuf.message.Message):
     LORA_DOWNLOADER_IMAGE_FIELD_NUMBER: builtins.int
     DOWNLOAD_INPUTS_FIELD_NUMBER: builtins.int
     INPUTS_MEM_FIELD_NUMBER: builtins.int
+    HF_ENDPOINT_FIELD_NUMBER: builtins.int
+    SECURITY_PROFILE_FIELD_NUMBER: builtins.int
     image: builtins.str
     health_endpoint: builtins.str
     port: builtins.int
@@ -272,6 +280,10 @@ class NIM(google.protobuf.message.Message):
     download_inputs: builtins.bool
     """Sidecar form only: download the task's inputs for the NIM server."""
     inputs_mem: builtins.str
+    hf_endpoint: builtins.str
+    """Hugging Face Hub (or mirror) of hf_repo_ids; absent: the connector's setting."""
+    security_profile: builtins.str
+    """"restricted" or "nvidia"; absent: the connector's default."""
     @property
     def secrets(self) -> Global___NIMSecrets: ...
     @property
@@ -328,9 +340,11 @@ class NIM(google.protobuf.message.Message):
         lora_downloader_image: builtins.str | None = ...,
         download_inputs: builtins.bool | None = ...,
         inputs_mem: builtins.str | None = ...,
+        hf_endpoint: builtins.str | None = ...,
+        security_profile: builtins.str | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["_cache_pvc", b"_cache_pvc", "_download_inputs", b"_download_inputs", "_ephemeral_storage", b"_ephemeral_storage", "_gpu", b"_gpu", "_gpu_toleration", b"_gpu_toleration", "_health_endpoint", b"_health_endpoint", "_image", b"_image", "_image_pull_policy", b"_image_pull_policy", "_inputs_mem", b"_inputs_mem", "_liveness_failure_threshold", b"_liveness_failure_threshold", "_liveness_period_seconds", b"_liveness_period_seconds", "_lora_adapter_mem", b"_lora_adapter_mem", "_lora_downloader_image", b"_lora_downloader_image", "_mem", b"_mem", "_namespace", b"_namespace", "_port", b"_port", "_priority_class_name", b"_priority_class_name", "_readiness_failure_threshold", b"_readiness_failure_threshold", "_readiness_period_seconds", b"_readiness_period_seconds", "_runtime_class_name", b"_runtime_class_name", "_service_account", b"_service_account", "_shm_size", b"_shm_size", "_startup_failure_threshold", b"_startup_failure_threshold", "_startup_period_seconds", b"_startup_period_seconds", "affinity", b"affinity", "cache_pvc", b"cache_pvc", "cpu", b"cpu", "cpu_cores", b"cpu_cores", "cpu_fraction", b"cpu_fraction", "cpu_quantity", b"cpu_quantity", "download_inputs", b"download_inputs", "ephemeral_storage", b"ephemeral_storage", "gpu", b"gpu", "gpu_toleration", b"gpu_toleration", "health_endpoint", b"health_endpoint", "image", b"image", "image_pull_policy", b"image_pull_policy", "inputs_mem", b"inputs_mem", "liveness_failure_threshold", b"liveness_failure_threshold", "liveness_period_seconds", b"liveness_period_seconds", "lora_adapter_mem", b"lora_adapter_mem", "lora_downloader_image", b"lora_downloader_image", "mem", b"mem", "namespace", b"namespace", "port", b"port", "priority_class_name", b"priority_class_name", "readiness_failure_threshold", b"readiness_failure_threshold", "readiness_period_seconds", b"readiness_period_seconds", "runtime_class_name", b"runtime_class_name", "secrets", b"secrets", "service_account", b"service_account", "shm_size", b"shm_size", "startup_failure_threshold", b"startup_failure_threshold", "startup_period_seconds", b"startup_period_seconds"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["_cache_pvc", b"_cache_pvc", "_download_inputs", b"_download_inputs", "_ephemeral_storage", b"_ephemeral_storage", "_gpu", b"_gpu", "_gpu_toleration", b"_gpu_toleration", "_health_endpoint", b"_health_endpoint", "_image", b"_image", "_image_pull_policy", b"_image_pull_policy", "_inputs_mem", b"_inputs_mem", "_liveness_failure_threshold", b"_liveness_failure_threshold", "_liveness_period_seconds", b"_liveness_period_seconds", "_lora_adapter_mem", b"_lora_adapter_mem", "_lora_downloader_image", b"_lora_downloader_image", "_mem", b"_mem", "_namespace", b"_namespace", "_port", b"_port", "_priority_class_name", b"_priority_class_name", "_readiness_failure_threshold", b"_readiness_failure_threshold", "_readiness_period_seconds", b"_readiness_period_seconds", "_runtime_class_name", b"_runtime_class_name", "_service_account", b"_service_account", "_shm_size", b"_shm_size", "_startup_failure_threshold", b"_startup_failure_threshold", "_startup_period_seconds", b"_startup_period_seconds", "affinity", b"affinity", "annotations", b"annotations", "cache_pvc", b"cache_pvc", "cpu", b"cpu", "cpu_cores", b"cpu_cores", "cpu_fraction", b"cpu_fraction", "cpu_quantity", b"cpu_quantity", "download_inputs", b"download_inputs", "env", b"env", "ephemeral_storage", b"ephemeral_storage", "gpu", b"gpu", "gpu_toleration", b"gpu_toleration", "health_endpoint", b"health_endpoint", "hf_repo_ids", b"hf_repo_ids", "image", b"image", "image_pull_policy", b"image_pull_policy", "inputs_mem", b"inputs_mem", "labels", b"labels", "liveness_failure_threshold", b"liveness_failure_threshold", "liveness_period_seconds", b"liveness_period_seconds", "lora_adapter_mem", b"lora_adapter_mem", "lora_downloader_image", b"lora_downloader_image", "mem", b"mem", "namespace", b"namespace", "node_selector", b"node_selector", "port", b"port", "priority_class_name", b"priority_class_name", "readiness_failure_threshold", b"readiness_failure_threshold", "readiness_period_seconds", b"readiness_period_seconds", "runtime_class_name", b"runtime_class_name", "secrets", b"secrets", "service_account", b"service_account", "shm_size", b"shm_size", "startup_failure_threshold", b"startup_failure_threshold", "startup_period_seconds", b"startup_period_seconds", "tolerations", b"tolerations"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["_cache_pvc", b"_cache_pvc", "_download_inputs", b"_download_inputs", "_ephemeral_storage", b"_ephemeral_storage", "_gpu", b"_gpu", "_gpu_toleration", b"_gpu_toleration", "_health_endpoint", b"_health_endpoint", "_hf_endpoint", b"_hf_endpoint", "_image", b"_image", "_image_pull_policy", b"_image_pull_policy", "_inputs_mem", b"_inputs_mem", "_liveness_failure_threshold", b"_liveness_failure_threshold", "_liveness_period_seconds", b"_liveness_period_seconds", "_lora_adapter_mem", b"_lora_adapter_mem", "_lora_downloader_image", b"_lora_downloader_image", "_mem", b"_mem", "_namespace", b"_namespace", "_port", b"_port", "_priority_class_name", b"_priority_class_name", "_readiness_failure_threshold", b"_readiness_failure_threshold", "_readiness_period_seconds", b"_readiness_period_seconds", "_runtime_class_name", b"_runtime_class_name", "_security_profile", b"_security_profile", "_service_account", b"_service_account", "_shm_size", b"_shm_size", "_startup_failure_threshold", b"_startup_failure_threshold", "_startup_period_seconds", b"_startup_period_seconds", "affinity", b"affinity", "cache_pvc", b"cache_pvc", "cpu", b"cpu", "cpu_cores", b"cpu_cores", "cpu_fraction", b"cpu_fraction", "cpu_quantity", b"cpu_quantity", "download_inputs", b"download_inputs", "ephemeral_storage", b"ephemeral_storage", "gpu", b"gpu", "gpu_toleration", b"gpu_toleration", "health_endpoint", b"health_endpoint", "hf_endpoint", b"hf_endpoint", "image", b"image", "image_pull_policy", b"image_pull_policy", "inputs_mem", b"inputs_mem", "liveness_failure_threshold", b"liveness_failure_threshold", "liveness_period_seconds", b"liveness_period_seconds", "lora_adapter_mem", b"lora_adapter_mem", "lora_downloader_image", b"lora_downloader_image", "mem", b"mem", "namespace", b"namespace", "port", b"port", "priority_class_name", b"priority_class_name", "readiness_failure_threshold", b"readiness_failure_threshold", "readiness_period_seconds", b"readiness_period_seconds", "runtime_class_name", b"runtime_class_name", "secrets", b"secrets", "security_profile", b"security_profile", "service_account", b"service_account", "shm_size", b"shm_size", "startup_failure_threshold", b"startup_failure_threshold", "startup_period_seconds", b"startup_period_seconds"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["_cache_pvc", b"_cache_pvc", "_download_inputs", b"_download_inputs", "_ephemeral_storage", b"_ephemeral_storage", "_gpu", b"_gpu", "_gpu_toleration", b"_gpu_toleration", "_health_endpoint", b"_health_endpoint", "_hf_endpoint", b"_hf_endpoint", "_image", b"_image", "_image_pull_policy", b"_image_pull_policy", "_inputs_mem", b"_inputs_mem", "_liveness_failure_threshold", b"_liveness_failure_threshold", "_liveness_period_seconds", b"_liveness_period_seconds", "_lora_adapter_mem", b"_lora_adapter_mem", "_lora_downloader_image", b"_lora_downloader_image", "_mem", b"_mem", "_namespace", b"_namespace", "_port", b"_port", "_priority_class_name", b"_priority_class_name", "_readiness_failure_threshold", b"_readiness_failure_threshold", "_readiness_period_seconds", b"_readiness_period_seconds", "_runtime_class_name", b"_runtime_class_name", "_security_profile", b"_security_profile", "_service_account", b"_service_account", "_shm_size", b"_shm_size", "_startup_failure_threshold", b"_startup_failure_threshold", "_startup_period_seconds", b"_startup_period_seconds", "affinity", b"affinity", "annotations", b"annotations", "cache_pvc", b"cache_pvc", "cpu", b"cpu", "cpu_cores", b"cpu_cores", "cpu_fraction", b"cpu_fraction", "cpu_quantity", b"cpu_quantity", "download_inputs", b"download_inputs", "env", b"env", "ephemeral_storage", b"ephemeral_storage", "gpu", b"gpu", "gpu_toleration", b"gpu_toleration", "health_endpoint", b"health_endpoint", "hf_endpoint", b"hf_endpoint", "hf_repo_ids", b"hf_repo_ids", "image", b"image", "image_pull_policy", b"image_pull_policy", "inputs_mem", b"inputs_mem", "labels", b"labels", "liveness_failure_threshold", b"liveness_failure_threshold", "liveness_period_seconds", b"liveness_period_seconds", "lora_adapter_mem", b"lora_adapter_mem", "lora_downloader_image", b"lora_downloader_image", "mem", b"mem", "namespace", b"namespace", "node_selector", b"node_selector", "port", b"port", "priority_class_name", b"priority_class_name", "readiness_failure_threshold", b"readiness_failure_threshold", "readiness_period_seconds", b"readiness_period_seconds", "runtime_class_name", b"runtime_class_name", "secrets", b"secrets", "security_profile", b"security_profile", "service_account", b"service_account", "shm_size", b"shm_size", "startup_failure_threshold", b"startup_failure_threshold", "startup_period_seconds", b"startup_period_seconds", "tolerations", b"tolerations"]) -> None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_cache_pvc", b"_cache_pvc"]) -> typing.Literal["cache_pvc"] | None: ...
     @typing.overload
@@ -343,6 +357,8 @@ class NIM(google.protobuf.message.Message):
     def WhichOneof(self, oneof_group: typing.Literal["_gpu_toleration", b"_gpu_toleration"]) -> typing.Literal["gpu_toleration"] | None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_health_endpoint", b"_health_endpoint"]) -> typing.Literal["health_endpoint"] | None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_hf_endpoint", b"_hf_endpoint"]) -> typing.Literal["hf_endpoint"] | None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_image", b"_image"]) -> typing.Literal["image"] | None: ...
     @typing.overload
@@ -371,6 +387,8 @@ class NIM(google.protobuf.message.Message):
     def WhichOneof(self, oneof_group: typing.Literal["_readiness_period_seconds", b"_readiness_period_seconds"]) -> typing.Literal["readiness_period_seconds"] | None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_runtime_class_name", b"_runtime_class_name"]) -> typing.Literal["runtime_class_name"] | None: ...
+    @typing.overload
+    def WhichOneof(self, oneof_group: typing.Literal["_security_profile", b"_security_profile"]) -> typing.Literal["security_profile"] | None: ...
     @typing.overload
     def WhichOneof(self, oneof_group: typing.Literal["_service_account", b"_service_account"]) -> typing.Literal["service_account"] | None: ...
     @typing.overload

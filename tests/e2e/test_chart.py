@@ -248,12 +248,28 @@ def test_the_cleanup_lease_is_granted_by_name_in_one_namespace_only(
     assert settings_file(off)["leader_election"] is False
 
 
-def test_rbac_covers_every_api_call_the_kube_module_makes(helm: Path) -> None:
+def test_rbac_covers_every_api_call_the_kube_module_makes(helm: Path, tmp_path: Path) -> None:
     calls = kube_py_calls()
     assert len(calls) >= 8, f"parsed too few calls from {KUBE_PY.name}: {calls}"
-    granted = grants(one(render(helm), "ClusterRole")["rules"])
+    # pods/proxy is called only with servingCheck "proxy" (an in-cluster connector asks directly).
+    proxy = {"settings": {"servingCheck": "proxy"}}
+    granted = grants(one(render(helm, proxy, tmp_path=tmp_path), "ClusterRole")["rules"])
     missing = {(res, verb) for res, verb in calls if verb not in granted.get(res, set())}
     assert not missing, f"kube.py calls that the chart's RBAC does not allow: {missing}"
+    assert ("pods/proxy", "get") in calls
+
+
+def test_the_pod_proxy_is_granted_only_when_the_serving_check_uses_it(
+    helm: Path, tmp_path: Path
+) -> None:
+    for check in ("auto", "direct", "off"):
+        values = {"settings": {"servingCheck": check}}
+        granted = grants(one(render(helm, values, tmp_path=tmp_path), "ClusterRole")["rules"])
+        assert "pods/proxy" not in granted, check
+    default = grants(workload_roles(render(helm, NAMESPACED, tmp_path=tmp_path))[0]["rules"])
+    values = {**NAMESPACED, "settings": {"servingCheck": "proxy"}}
+    for role in workload_roles(render(helm, values, tmp_path=tmp_path)):
+        assert grants(role["rules"]) == {**default, "pods/proxy": {"get"}}
 
 
 def test_invalid_rbac_values_fail_with_a_message_naming_the_value(
@@ -356,6 +372,15 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
             "leaseNamespace": "nim-system",
             "leaseName": "nims",
             "leaseDuration": "30s",
+            "servingCheck": "proxy",
+            "servingWindow": "10m",
+            "servingTimeout": "3s",
+            "hfEndpoint": "https://hf-mirror.example.com",
+            "adapterInputsImage": "registry.example/flytekit:1.16.31",
+            "adapterInputsEnv": {"FLYTE_AWS_ENDPOINT": "http://minio.flyte:9000"},
+            "adapterInputsSecret": "flyte-object-store",
+            "securityProfile": "nvidia",
+            "allowedSecurityProfiles": ["restricted"],
         }
     }
     docs = render(helm, values, tmp_path=tmp_path)
@@ -381,6 +406,15 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
         lease_namespace="nim-system",
         lease_name="nims",
         lease_duration=parse_duration("30s"),
+        serving_check="proxy",
+        serving_window=parse_duration("10m"),
+        serving_timeout=parse_duration("3s"),
+        hf_endpoint="https://hf-mirror.example.com",
+        adapter_inputs_image="registry.example/flytekit:1.16.31",
+        adapter_inputs_env=(("FLYTE_AWS_ENDPOINT", "http://minio.flyte:9000"),),
+        adapter_inputs_secret="flyte-object-store",
+        security_profile="nvidia",
+        allowed_security_profiles=("restricted",),
     )
     # The pod reads that file, and restarts when it changes.
     deployment = one(docs, "Deployment")

@@ -26,6 +26,7 @@ def run_env(kubeconfig: Path, namespace: str, simulate: str) -> dict[str, str]:
         KUBECONFIG=str(kubeconfig),
         NIM_AGENT_DEFAULT_NAMESPACE=namespace,
         NIM_DEMO_SIMULATE=simulate,
+        NIM_AGENT_SERVING_CHECK="off",  # kwok's pods serve no HTTP
         PYTHONUNBUFFERED="1",
         COLUMNS="200",
     )

@@ -200,3 +200,33 @@ def test_render_does_not_import_flytekit_or_the_kubernetes_client() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip() == "[]"
+
+
+def test_render_shows_adapters_given_as_task_inputs(capsys: pytest.CaptureFixture[str]) -> None:
+    lora = str(Path(MINIMAL).parent / "workflow-adapters.config.yaml")
+    status, out, err = run(
+        capsys, "render", "-f", lora, "--adapter", "support=s3://b/raw/o0", "--adapter", "m=gs://x"
+    )
+    assert (status, err) == (0, "")
+    pod = next(yaml.safe_load_all(out))
+    init = {c["name"]: c for c in pod["spec"]["initContainers"]}
+    env = {v["name"]: v.get("value") for v in init["lora-inputs"]["env"]}
+    assert env["NIM_AGENT_ADAPTER_URIS"] == '{"support": "s3://b/raw/o0", "m": "gs://x"}'
+    adapters = pod["metadata"]["annotations"]["nim-agent.dev/adapters"]
+    assert adapters == '["alpaca-lora-7b","support","m"]'
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--adapter", "support"], "--adapter: 'support' is not NAME=URI"),
+        (["--adapter", "bad name=s3://b/x"], "adapters.bad name: "),
+        (["--adapter", "support=/home/me/lora"], "is a path on the machine"),
+    ],
+)
+def test_a_bad_adapter_argument_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
+    lora = str(Path(MINIMAL).parent / "workflow-adapters.config.yaml")
+    status, _, err = run(capsys, "render", "-f", lora, *args)
+    assert status == 2 and fragment in err and "Traceback" not in err

@@ -235,6 +235,20 @@ BAD_CONFIGS: list[tuple[str, dict[str, Any], str, str]] = [
     ("secrets unknown key", secrets(hf_token="x"), "secrets.hf_token", "did you mean"),
     ("unknown top-level key", config(memory="20Gi"), "memory", "'mem'"),
     ("secret field at top level", config(ngc_secret_group="ngc"), "ngc_secret_group", "secrets"),
+    ("hf endpoint without scheme", config(hf_endpoint="hf-mirror.local"), "hf_endpoint", "http"),
+    (
+        "hf endpoint with credentials",
+        config(hf_endpoint="https://user:pw@hf.example.com"),
+        "hf_endpoint",
+        "credentials",
+    ),
+    (
+        "security profile unknown",
+        config(security_profile="privileged"),
+        "security_profile",
+        "restricted, nvidia",
+    ),
+    ("security profile typo", config(security_profile="nvida"), "security_profile", "'nvidia'"),
 ]
 
 

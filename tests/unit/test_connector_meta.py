@@ -12,6 +12,13 @@ def test_metadata_round_trips_through_bytes() -> None:
         namespace="ns", name="nim-a-1", endpoint="http://nim-a-1.ns.svc.cluster.local:8000"
     )
     assert NIMMetadata.decode(meta.encode()) == meta
+    typed = NIMMetadata(namespace="ns", name="nim-a-1", typed=True)
+    assert NIMMetadata.decode(typed.encode()) == typed
+
+
+def test_metadata_of_an_older_connector_without_typed_decodes_as_a_plain_endpoint() -> None:
+    meta = NIMMetadata.decode(b'{"namespace": "ns", "name": "x", "endpoint": "", "local": false}')
+    assert not meta.error and meta.typed is False
 
 
 @pytest.mark.parametrize(
@@ -24,6 +31,7 @@ def test_metadata_round_trips_through_bytes() -> None:
         pytest.param(b'{"namespace": "ns", "name": 3}', id="a number as name"),
         pytest.param(b'{"namespace": "ns", "name": "x", "pod": "y"}', id="an unknown key"),
         pytest.param(b'{"namespace": "ns", "name": "x", "local": "yes"}', id="local not a bool"),
+        pytest.param(b'{"namespace": "ns", "name": "x", "typed": 1}', id="typed not a bool"),
         pytest.param(b"null", id="JSON null"),
         pytest.param(b'{"namespace": "ns", "name": "%"}', id="a name the API cannot take"),
         pytest.param(b'{"namespace": "NS", "name": "x"}', id="a namespace that is not a DNS label"),

@@ -27,14 +27,14 @@ def test_download_inputs_adds_a_first_init_container_and_a_shared_volume() -> No
     )
     spec = sidecar_pod_spec(nim, input_downloader_image="flytekit:test")
 
-    first, second = spec["initContainers"]
+    first, second, server = spec["initContainers"]
     assert first["name"] == INPUT_CONTAINER and second["name"] == "lora-downloader"
+    assert server["name"] == "nim" and server["restartPolicy"] == "Always"
     assert first["image"] == "flytekit:test"
     assert first["command"][-1] == "{{.input}}"  # propeller substitutes the inputs.pb path
     assert first["resources"]["requests"] == first["resources"]["limits"]
     assert first["resources"]["limits"]["memory"] == "1Gi"
     assert first["securityContext"]["runAsNonRoot"] is True
-    server = spec["containers"][0]
     assert {"name": "shared-data", "mountPath": "/shared", "readOnly": True} in server[
         "volumeMounts"
     ]
@@ -50,7 +50,7 @@ def test_without_download_inputs_there_is_no_input_container() -> None:
 def test_the_seed_pod_template_carries_the_input_container() -> None:
     pod_spec = NIM(secrets=SECRETS, download_inputs=True).pod_template.pod_spec
     assert pod_spec.init_containers[0].name == INPUT_CONTAINER
-    assert pod_spec.containers[0].name == "nim"
+    assert pod_spec.init_containers[-1].name == "nim"
 
 
 def test_a_nim_task_refuses_download_inputs_naming_the_field() -> None:

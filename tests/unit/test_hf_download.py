@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -340,3 +341,67 @@ def test_an_unwritable_target_is_named_in_the_failure(hub: Process, tmp_path: Pa
     assert result.returncode == 1
     line = one_error_line(result.stderr)
     assert f"{PUBLIC_REPO}: cannot write into {blocker / 'loras'}" in line
+
+
+# ------------------------------------------------------------------------------ a cache volume
+
+
+def test_with_a_cache_a_later_server_asks_for_the_commit_only_and_links_the_revision(
+    own_hub: Process, tmp_path: Path
+) -> None:
+    cache = tmp_path / "pvc" / "nim-agent" / "adapters"
+    first = run_downloader([PUBLIC_REPO], tmp_path / "pod1", own_hub, NIM_AGENT_HF_CACHE=str(cache))
+    assert first.returncode == 0, first.stderr
+    sha = json.loads(get_json_marker(cache))["sha"]
+    revision = cache / "hf" / "standin--llama3-8b-lora-public" / sha
+
+    start = len(hub_requests(own_hub))
+    second = run_downloader(
+        [PUBLIC_REPO], tmp_path / "pod2", own_hub, NIM_AGENT_HF_CACHE=str(cache)
+    )
+    assert second.returncode == 0, second.stderr
+    asked = [e["path"] for e in hub_requests(own_hub)[start:]]
+    assert fetched(own_hub, start) == [] and len(asked) == 1 and "/revision/main" in asked[0]
+    for pod in ("pod1", "pod2"):
+        link = tmp_path / pod / "llama3-8b-lora-public"
+        assert link.is_symlink() and Path(os.readlink(link)) == revision
+        assert listing(link) == [MARKER, "adapter_config.json", "adapter_model.safetensors"]
+
+
+def test_a_new_commit_lands_beside_the_old_one_which_a_running_server_keeps(
+    own_hub: Process, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = run_downloader([PUBLIC_REPO], tmp_path / "pod1", own_hub, NIM_AGENT_HF_CACHE=str(cache))
+    assert first.returncode == 0, first.stderr
+    old_target = os.readlink(tmp_path / "pod1" / "llama3-8b-lora-public")
+    assert http("POST", f"{own_hub.url}/_standin/bump?repo={PUBLIC_REPO}")[0] == 200
+    start = len(hub_requests(own_hub))
+    result = run_downloader(
+        [PUBLIC_REPO], tmp_path / "pod2", own_hub, NIM_AGENT_HF_CACHE=str(cache)
+    )
+    assert result.returncode == 0, result.stderr
+    assert fetched(own_hub, start) == ["adapter_config.json", "adapter_model.safetensors"]
+    new_target = os.readlink(tmp_path / "pod2" / "llama3-8b-lora-public")
+    assert new_target != old_target and Path(old_target).is_dir()  # the first pod's is intact
+    assert len(listing(cache / "hf" / "standin--llama3-8b-lora-public")) == 2
+
+
+def test_offline_with_a_cache_links_the_newest_complete_revision(
+    hub: Process, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = run_downloader([PUBLIC_REPO], tmp_path / "pod1", hub, NIM_AGENT_HF_CACHE=str(cache))
+    assert first.returncode == 0, first.stderr
+    start = len(hub_requests(hub))
+    offline = run_downloader(
+        [PUBLIC_REPO], tmp_path / "pod2", hub, NIM_AGENT_HF_CACHE=str(cache), HF_HUB_OFFLINE="1"
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert len(hub_requests(hub)) == start
+    assert (tmp_path / "pod2" / "llama3-8b-lora-public" / "adapter_model.safetensors").is_file()
+
+
+def get_json_marker(cache: Path) -> str:
+    (marker,) = cache.glob(f"hf/*/*/{MARKER}")
+    return marker.read_text()

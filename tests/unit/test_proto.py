@@ -128,3 +128,13 @@ def test_an_invalid_value_in_the_custom_is_a_field_named_config_error() -> None:
         from_custom(custom)
     fields = {p.field for p in caught.value.problems}
     assert "mem" in fields and "secrets.ngc_secret_key" in fields
+
+
+@pytest.mark.parametrize("typed", [True, False])
+def test_the_typed_endpoint_choice_survives_the_custom(typed: bool) -> None:
+    assert (
+        from_custom(
+            to_custom(NIM(secrets=everything().secrets), timedelta(hours=2), typed)
+        ).typed_endpoint
+        is typed
+    )

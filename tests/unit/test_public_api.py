@@ -12,6 +12,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = [
     "NIM",
     "ConfigError",
+    "NIMEndpoint",
     "NIMSecrets",
     "NIMTask",
     "NIMTeardownTask",
@@ -30,12 +31,13 @@ def test_every_public_name_resolves_to_what_it_names() -> None:
 
     import flytekit
 
-    from nim_agent import checks, config, task
+    from nim_agent import checks, config, contract, task
 
     resolved = {name: getattr(nim_agent, name) for name in nim_agent.__all__}
     assert resolved == {
         "NIM": config.NIM,
         "NIMSecrets": config.NIMSecrets,
+        "NIMEndpoint": contract.NIMEndpoint,
         "ConfigError": checks.ConfigError,
         "Problem": checks.Problem,
         "NIMTask": task.NIMTask,

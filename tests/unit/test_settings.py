@@ -164,3 +164,61 @@ def test_status_policy_carries_the_thresholds_of_the_settings() -> None:
     policy = s.status_policy()
     assert policy.crashloop_restart_threshold == 7
     assert policy.unschedulable_timeout == timedelta(minutes=3)
+
+
+def test_the_serving_adapter_and_security_settings_load_from_env_vars() -> None:
+    s = ConnectorSettings.load(
+        {
+            "NIM_AGENT_SERVING_CHECK": "proxy",
+            "NIM_AGENT_SERVING_WINDOW": "10m",
+            "NIM_AGENT_SERVING_TIMEOUT": "2",
+            "NIM_AGENT_HF_ENDPOINT": "http://hf-mirror.internal:8080",
+            "NIM_AGENT_ADAPTER_INPUTS_IMAGE": "registry.local/flytekit:1.16.31",
+            "NIM_AGENT_ADAPTER_INPUTS_ENV": '{"FLYTE_AWS_ENDPOINT": "http://minio:9000"}',
+            "NIM_AGENT_ADAPTER_INPUTS_SECRET": "flyte-object-store",
+            "NIM_AGENT_SECURITY_PROFILE": "nvidia",
+            "NIM_AGENT_ALLOWED_SECURITY_PROFILES": "restricted",
+        }
+    )
+    assert s.serving_check == "proxy"
+    assert s.serving_window == timedelta(minutes=10) and s.serving_timeout == timedelta(seconds=2)
+    assert s.status_policy().serving_window == timedelta(minutes=10)
+    assert s.hf_endpoint == "http://hf-mirror.internal:8080"
+    assert s.adapter_inputs_image == "registry.local/flytekit:1.16.31"
+    assert s.adapter_inputs_env == (("FLYTE_AWS_ENDPOINT", "http://minio:9000"),)
+    assert s.adapter_inputs_secret == "flyte-object-store"
+    assert s.security_profile == "nvidia" and s.allowed_security_profiles == ("restricted",)
+    assert s.security_profile_allowed("restricted") and s.security_profile_allowed("nvidia")
+    assert not ConnectorSettings().security_profile_allowed("nvidia")
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "fragment"),
+    [
+        ("NIM_AGENT_SERVING_CHECK", "always", "is not one of auto, direct, proxy, off"),
+        ("NIM_AGENT_SERVING_WINDOW", "0", "is not a positive duration"),
+        ("NIM_AGENT_HF_ENDPOINT", "ftp://hub", "is not an http(s) URL"),
+        ("NIM_AGENT_ADAPTER_INPUTS_IMAGE", "Registry/Flytekit", "is not an image reference"),
+        ("NIM_AGENT_ADAPTER_INPUTS_SECRET", "Bad_Name", "is not a Kubernetes object name"),
+        ("NIM_AGENT_SECURITY_PROFILE", "privileged", "is not one of restricted, nvidia"),
+        ("NIM_AGENT_ALLOWED_SECURITY_PROFILES", "nvida", "did you mean 'nvidia'"),
+    ],
+)
+def test_bad_serving_adapter_and_security_settings_name_their_variable(
+    var: str, value: str, fragment: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        ConnectorSettings.load({var: value})
+    [problem] = caught.value.problems
+    assert problem.field == var and fragment in problem.message
+
+
+def test_the_default_adapter_inputs_image_is_flytekits_own_for_its_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flytekit.configuration.default_images import DefaultImages
+
+    from nim_agent.settings import flytekit_image
+
+    monkeypatch.delenv("FLYTE_INTERNAL_IMAGE", raising=False)
+    assert flytekit_image() == DefaultImages.find_image_for()  # flytekit's own naming

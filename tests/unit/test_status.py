@@ -484,6 +484,28 @@ CASES = [
             make_pod(
                 container(state=waiting("PodInitializing")),
                 init=[
+                    container(
+                        "lora-inputs",
+                        waiting("CrashLoopBackOff"),
+                        last=terminated(
+                            1, message="adapter support: cannot download s3://b/raw/o0", at=20
+                        ),
+                        restarts=3,
+                    )
+                ],
+            ),
+            Phase.FAILED,
+            Reason.INIT_CONTAINER_FAILED,
+            has=["lora-inputs", "cannot download s3://b/raw/o0", "adapter_inputs_secret"],
+            lacks=["hf_repo_ids"],
+        ),
+        id="a failing download of adapter inputs points at the object-store access",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(state=waiting("PodInitializing")),
+                init=[
                     container(LORA, waiting("CrashLoopBackOff"), last=terminated(137, "OOMKilled"))
                 ],
             ),
@@ -1157,6 +1179,8 @@ def test_classify_maps_pod_states_to_phases(case: Case) -> None:
 def test_every_reason_and_most_phases_appear_in_the_table() -> None:
     cases = [p.values[0] for p in CASES]
     unreached = {Reason.UNKNOWN}  # covered by the robustness tests
+    # The verification of a Ready server: tests/unit/test_serving_status.py has their table.
+    unreached |= {Reason.VERIFYING_SERVING, Reason.ADAPTERS_MISSING, Reason.NOT_SERVING}
     assert {c.reason for c in cases} | unreached == set(Reason)
     assert {c.phase for c in cases} == set(Phase)
 
@@ -1291,6 +1315,7 @@ def test_the_public_api_is_locked() -> None:
         "LogRequest",
         "Phase",
         "Reason",
+        "ServingCheck",
         "StatusPolicy",
         "classify",
         "flyte_phase",

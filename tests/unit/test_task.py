@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import flytekit
 import pytest
 from flyteidl.admin import task_pb2 as admin_task_pb2
 from flyteidl.core.execution_pb2 import TaskExecution
@@ -25,8 +26,9 @@ from flytekit.extend.backend.base_connector import (
 )
 from flytekit.models.task import TaskTemplate
 from flytekit.tools.translator import get_serializable
+from flytekit.types.directory import FlyteDirectory
 
-from nim_agent import NIM, ConfigError, NIMSecrets, NIMTask
+from nim_agent import NIM, ConfigError, NIMEndpoint, NIMSecrets, NIMTask
 from nim_agent.spec import from_custom, to_custom
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -196,3 +198,90 @@ def test_the_teardown_task_refuses_unknown_keywords_and_carries_force() -> None:
     settings = SerializationSettings(ImageConfig.auto_default_image())
     assert NIMTeardownTask(name="tests.td").get_custom(settings) == {}
     assert NIMTeardownTask(name="tests.td2", force=True).get_custom(settings) == {"force": True}
+
+
+# --------------------------------------------------------------------------- typed, with inputs
+
+TYPED_NIM = NIM(
+    secrets=NIM_CONFIG.secrets, env={"NIM_PEFT_SOURCE": "/opt/nim/loras"}, lora_adapter_mem="1Gi"
+)
+serve = NIMTask(
+    name="tests.serve",
+    nim=TYPED_NIM,
+    inputs={"support": FlyteDirectory},
+    typed_endpoint=True,
+)
+
+
+@task
+def finetune() -> FlyteDirectory:
+    out = Path(flytekit.current_context().working_directory) / "adapter"
+    out.mkdir()
+    (out / "adapter_config.json").write_text("{}")
+    (out / "adapter_model.safetensors").write_bytes(b"\x00")
+    return FlyteDirectory(str(out))
+
+
+@task
+def ask_typed(endpoint: NIMEndpoint, question: str) -> str:
+    return f"{endpoint.adapters[0]}@{endpoint.openai_base_url} ({endpoint.model}) <- {question}"
+
+
+@task
+def url_of(url: str) -> str:
+    return url
+
+
+@workflow
+def typed_wf(question: str, support: FlyteDirectory) -> tuple[str, str]:
+    endpoint = serve(support=support)
+    return ask_typed(endpoint=endpoint, question=question), url_of(url=endpoint.base_url)
+
+
+@workflow
+def tuned_wf(question: str) -> str:
+    return ask_typed(endpoint=serve(support=finetune()), question=question)
+
+
+class FakeTypedConnector(FakeNIMConnector):
+    """Answers as the real connector does for a typed task: a NIMEndpoint; keeps the inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inputs: list[Any] = []
+
+    async def create(self, task_template: TaskTemplate, output_prefix: str, **kw: Any) -> FakeMeta:
+        self.inputs.append(kw.get("inputs"))
+        return await super().create(task_template, output_prefix, **kw)
+
+    async def get(self, resource_meta: FakeMeta, **_: Any) -> Resource:
+        value = NIMEndpoint.of(resource_meta.endpoint, "meta/llama3-8b-instruct", ["support"])
+        return Resource(phase=TaskExecution.SUCCEEDED, outputs={"endpoint": value})
+
+
+def test_a_typed_endpoint_reaches_downstream_tasks_whole_and_by_attribute(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connector = FakeTypedConnector()
+    monkeypatch.setitem(ConnectorRegistry._REGISTRY, TaskCategory("nim", 0), connector)
+    remote = FlyteDirectory("s3://bucket/raw/ab/o0")  # already in an object store: passed on
+    answer, url = typed_wf(question="hi", support=remote)
+    assert answer == (
+        "support@http://fake.default.svc.cluster.local:8000/v1 (meta/llama3-8b-instruct) <- hi"
+    )
+    assert url == "http://fake.default.svc.cluster.local:8000"
+    [inputs] = connector.inputs
+    assert inputs.literals["support"].scalar.blob.uri == "s3://bucket/raw/ab/o0"
+    assert [spec.typed_endpoint for spec in connector.created] == [True]
+
+
+def test_a_local_adapter_without_a_remote_raw_output_prefix_fails_naming_the_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    connector = FakeTypedConnector()
+    monkeypatch.setitem(ConnectorRegistry._REGISTRY, TaskCategory("nim", 0), connector)
+    with pytest.raises(Exception) as caught:  # flytekit wraps the task's own error
+        tuned_wf(question="hi")
+    assert "inputs.support" in str(caught.value)
+    assert "--raw-output-data-prefix" in str(caught.value)
+    assert connector.created == []  # refused before any deployment

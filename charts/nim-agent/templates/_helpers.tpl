@@ -86,4 +86,9 @@ helm.sh/chart: {{ include "nim-agent.chart" . }}
 - apiGroups: [""]
   resources: [events]
   verbs: [list]
+{{- if eq .Values.settings.servingCheck "proxy" }}
+- apiGroups: [""]
+  resources: [pods/proxy]
+  verbs: [get]
+{{- end }}
 {{- end -}}
