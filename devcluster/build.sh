@@ -25,6 +25,7 @@ HELM_VERSION="${HELM_VERSION:-v3.21.4}"
 COREDNS_VERSION="${COREDNS_VERSION:-v1.15.0}"
 DISTRIBUTION_VERSION="${DISTRIBUTION_VERSION:-v3.1.2}"
 CRI_TOOLS_VERSION="${CRI_TOOLS_VERSION:-v1.37.0}"
+TOXIPROXY_VERSION="${TOXIPROXY_VERSION:-v2.5.0}"
 
 CACHE="${NIM_AGENT_CACHE:-$HOME/.cache/nim-agent}"
 LOG="$CACHE/build.log"
@@ -244,6 +245,23 @@ build_crictl() {
     "sigs.k8s.io/cri-tools/cmd/crictl@$CRI_TOOLS_VERSION"
 }
 
+# Toxiproxy: a TCP proxy that injects network faults (resets mid-body, latency, bandwidth limits)
+# between the connector and the API server, for the fault suite (tests/faults/test_network.py).
+build_toxiproxy() {
+  local dest="$CACHE/bin/toxiproxy-$TOXIPROXY_VERSION"
+  have "$dest" toxiproxy-server && return 0
+  need_go
+  log "building toxiproxy $TOXIPROXY_VERSION"
+  local tmp="$dest.tmp"
+  rm -rf "$tmp"; mkdir -p "$tmp"
+  GOBIN="$tmp" GOFLAGS="-buildvcs=false" go install -trimpath -ldflags "-s -w" \
+      "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION" >>"$LOG" 2>&1 \
+    || die "go install of toxiproxy $TOXIPROXY_VERSION failed (last lines: $(tail -5 "$LOG" | tr '\n' ' '))"
+  mv "$tmp/server" "$tmp/toxiproxy-server"
+  finish "$tmp" "$dest"
+  log "built toxiproxy $TOXIPROXY_VERSION"
+}
+
 build_kwok() {
   go_install kwok "$KWOK_VERSION" "$CACHE/bin/kwok-$KWOK_VERSION" \
     "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION" "sigs.k8s.io/kwok/cmd/kwokctl@$KWOK_VERSION"
@@ -255,7 +273,7 @@ build_helm() {
 }
 
 if [ "${1:-}" = "--print-versions" ]; then
-  echo "K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION KWOK_VERSION=$KWOK_VERSION HELM_VERSION=$HELM_VERSION COREDNS_VERSION=$COREDNS_VERSION DISTRIBUTION_VERSION=$DISTRIBUTION_VERSION CRI_TOOLS_VERSION=$CRI_TOOLS_VERSION"
+  echo "K8S_VERSION=$K8S_VERSION ETCD_VERSION=$ETCD_VERSION KWOK_VERSION=$KWOK_VERSION HELM_VERSION=$HELM_VERSION COREDNS_VERSION=$COREDNS_VERSION DISTRIBUTION_VERSION=$DISTRIBUTION_VERSION CRI_TOOLS_VERSION=$CRI_TOOLS_VERSION TOXIPROXY_VERSION=$TOXIPROXY_VERSION"
   exit 0
 fi
 
@@ -274,6 +292,7 @@ build_kubernetes_node
 build_coredns
 build_registry
 build_crictl
+build_toxiproxy
 
 # One folder of links, as the Makefile and tests expect them.
 link_dir="${DEVCLUSTER_BIN:-$CACHE/bin/current}"
@@ -281,7 +300,8 @@ mkdir -p "$link_dir"
 for f in "$CACHE/bin/kubernetes-$K8S_VERSION"/* "$CACHE/bin/etcd-$ETCD_VERSION"/* \
          "$CACHE/bin/kwok-$KWOK_VERSION"/* "$CACHE/bin/helm-$HELM_VERSION"/* \
          "$CACHE/bin/kubernetes-node-$K8S_VERSION"/* "$CACHE/bin/coredns-$COREDNS_VERSION"/* \
-         "$CACHE/bin/registry-$DISTRIBUTION_VERSION"/* "$CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"/*; do
+         "$CACHE/bin/registry-$DISTRIBUTION_VERSION"/* "$CACHE/bin/cri-tools-$CRI_TOOLS_VERSION"/* \
+         "$CACHE/bin/toxiproxy-$TOXIPROXY_VERSION"/*; do
   ln -sfn "$f" "$link_dir/$(basename "$f")"
 done
 log "binaries ready in $link_dir ($(( $(date +%s) - start ))s)"

@@ -476,20 +476,13 @@ class Kube:
         """GET `path` on a pod's `port` through the API server's pod proxy (RBAC: get on
         pods/proxy), giving up after `seconds`; the body of a 2xx answer. An error status, of
         the API server or of the pod (passed through), raises the matching KubeError."""
-        target = f"{name}:{port}"
-        try:
-            response = await self._send(
-                "get",
-                "GET",
-                _path("pods", namespace, target, "proxy") + path,
-                http_timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 5)),
-            )
-            body: bytes = await response.read()
-            return body
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:  # while reading the body
-            raise TemporaryKubeError(
-                f"reading the answer of pod {namespace}/{target} failed: {type(exc).__name__}"
-            ) from exc
+        body: bytes = await self._send(  # the body is read inside _send's error mapping
+            "get",
+            "GET",
+            _path("pods", namespace, f"{name}:{port}", "proxy") + path,
+            http_timeout=aiohttp.ClientTimeout(total=seconds, sock_connect=min(seconds, 5)),
+        )
+        return body
 
     # -- services -------------------------------------------------------------------------
 

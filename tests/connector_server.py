@@ -138,20 +138,39 @@ class ConnectorServer(Process):
             **self.settings,
         }
         self._log = open(self.log_path, "ab")  # noqa: SIM115  closed in stop()
-        self.process = subprocess.Popen(
-            self.argv(), env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+        for attempt in range(3):
+            self.process = subprocess.Popen(
+                self.argv(), env=env, stdout=self._log, stderr=subprocess.STDOUT, cwd=REPO_ROOT
+            )
+            self.channel = grpc.insecure_channel(self.address)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    grpc.channel_ready_future(self.channel).result(timeout=1)
+                except grpc.FutureTimeoutError:
+                    if self.process.poll() is not None:
+                        break  # exited: look at why below
+                    continue
+                self._stub = agent_pb2_grpc.AsyncAgentServiceStub(self.channel)
+                return self
+            # A port picked free may be taken by another process before the server binds it
+            # (other test sessions run on this machine): pick new ones and start again.
+            if (
+                self.process.poll() is not None
+                and "Failed to bind" in self.log_tail()
+                and attempt < 2
+            ):
+                self.channel.close()
+                self.port, self.metrics_port = free_port(), free_port()
+                if "NIM_AGENT_LEASE_NAME" not in self.settings:
+                    env["NIM_AGENT_LEASE_NAME"] = f"nim-agent-test-{self.port}"
+                continue
+            break
+        self.stop()
+        raise AssertionError(
+            f"the connector did not serve on {self.address} within {timeout:.0f}s:\n"
+            + self.log_tail()
         )
-        self.channel = grpc.insecure_channel(self.address)
-        try:
-            grpc.channel_ready_future(self.channel).result(timeout=timeout)
-        except grpc.FutureTimeoutError:
-            self.stop()
-            raise AssertionError(
-                f"the connector did not serve on {self.address} within {timeout:.0f}s:\n"
-                + self.log_tail()
-            ) from None
-        self._stub = agent_pb2_grpc.AsyncAgentServiceStub(self.channel)
-        return self
 
     @property
     def stub(self) -> agent_pb2_grpc.AsyncAgentServiceStub:

@@ -36,7 +36,7 @@ from nim_agent.contract import (
     ANNOTATION_SERVED_MODEL,
     NIMEndpoint,
 )
-from tests.cluster import our_pods, wait_for
+from tests.cluster import holds_resources, our_pods, wait_for
 from tests.configs import simulated_nim
 from tests.connector_server import (
     Connectors,
@@ -246,8 +246,12 @@ def test_an_adapter_the_server_does_not_load_fails_the_task_naming_it(
         assert failed.phase == TE.FAILED, (phases, failed.message)
         assert f"does not list adapter {HF_ADAPTER}" in failed.message, failed.message
         assert "adapter_config.json" in failed.message
-        # A failed server is deleted (keep_failed is off) once its diagnostics are in the message.
-        wait_for(lambda: not our_pods(core_v1, namespace), timeout=30, what="the pod to go")
+        # A failed server is stopped (keep_failed is off) once its diagnostics are in the message.
+        wait_for(
+            lambda: not [p for p in our_pods(core_v1, namespace) if holds_resources(p)],
+            timeout=30,
+            what="the failed server to be stopped",
+        )
     finally:
         nim.stop()
 
@@ -276,7 +280,16 @@ def test_a_served_at_annotation_answers_without_asking_the_server(
     meta = server.stub.CreateTask(
         create_request(task_template(task), execution(exec_name()), namespace), timeout=10
     ).resource_meta
-    [pod] = wait_for(lambda: our_pods(core_v1, namespace), timeout=30, what="the pod")
+    # Ready first: served-at on a pod that is not ready reads as a served server's interruption.
+    [pod] = wait_for(
+        lambda: [
+            p
+            for p in our_pods(core_v1, namespace)
+            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ],
+        timeout=30,
+        what="the pod to be Ready",
+    )
     served = {ANNOTATION_SERVED_AT: "2026-11-02T12:00:00Z", ANNOTATION_SERVED_MODEL: BASE}
     core_v1.patch_namespaced_pod(
         pod.metadata.name, namespace, {"metadata": {"annotations": served}}
