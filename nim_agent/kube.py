@@ -476,7 +476,8 @@ class Kube:
         """GET `path` on a pod's `port` through the API server's pod proxy (RBAC: get on
         pods/proxy), giving up after `seconds`; the body of a 2xx answer. An error status, of
         the API server or of the pod (passed through), raises the matching KubeError."""
-        body: bytes = await self._send(  # the body is read inside _send's error mapping
+        # The body is read inside _send's error mapping, as every answer's is.
+        body: bytes = await self._send(
             "get",
             "GET",
             _path("pods", namespace, f"{name}:{port}", "proxy") + path,

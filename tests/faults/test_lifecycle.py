@@ -169,6 +169,8 @@ def test_an_evicted_server_stays_retryable_through_sweeps_and_a_connector_restar
             }
         },
     )
+    # The watch brings the kubelet's status to the connector's cache.
+    wait_phases(first, {meta: TE.RETRYABLE_FAILED}, timeout=30)
     seen = [get(first, meta) for _ in range(3)]
     wait_for(
         lambda: "nim-agent.dev/stopped" in annotations(core_v1, namespace, name),
