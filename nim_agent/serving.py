@@ -108,11 +108,16 @@ class ModelsProbe:
         """Drop what is known of a pod (verified, or gone)."""
         self._answers.pop(uid, None)
 
-    async def models(self, kube: Kube, pod: Mapping[str, Any]) -> ModelsReply | None:
-        """The server's latest answer, asking it when the last one is older than MIN_INTERVAL;
-        None when a request is under way and has not answered within WAIT."""
+    async def models(
+        self, kube: Kube, pod: Mapping[str, Any], *, not_before: datetime | None = None
+    ) -> ModelsReply | None:
+        """The server's latest answer, asking it when the last one is older than MIN_INTERVAL
+        (or than `not_before`: a holder that attached to a shared server since then asks
+        afresh); None when a request is under way and has not answered within WAIT."""
         uid = str(_meta(pod).get("uid") or "")
         known = self._answers.get(uid)
+        if not_before is not None and known is not None and known[1].at < not_before:
+            known = None
         if known is not None and time.monotonic() - known[0] < MIN_INTERVAL:
             return known[1]
         task = self._running.get(uid)

@@ -176,6 +176,15 @@ class ConnectorSettings:
     Operator's pod-level uid 1000 / gid 2000 / fsGroup 2000; needs Pod Security baseline)."""
     allowed_security_profiles: tuple[str, ...] = ()
     """Profiles a task may choose with NIM(security_profile=...) besides `security_profile`."""
+    allow_reuse: bool = True
+    """Whether executions may share warm servers (NIMTask(reuse=...)); false: each such task
+    gets a server of its own, as without reuse."""
+    reuse_idle_ttl: timedelta = timedelta(minutes=15)
+    """How long a shared server stays warm after its last holder is done, when the task's Reuse
+    sets no idle_ttl."""
+    reuse_max_ttl: timedelta = timedelta(hours=24)
+    """The longest a shared server lives, whatever its holders (also its activeDeadlineSeconds);
+    capped by max_ttl. A holder whose ttl would outlast a server's remaining life gets a new one."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -251,6 +260,13 @@ class ConnectorSettings:
                     f"{closest(str(profile), SECURITY_PROFILES)}",
                 )
         return found
+
+    @property
+    def shared_lifetime(self) -> timedelta:
+        """A shared server's lifetime cap: reuse_max_ttl, within max_ttl."""
+        if self.max_ttl is not None and self.max_ttl < self.reuse_max_ttl:
+            return self.max_ttl
+        return self.reuse_max_ttl
 
     def status_policy(self) -> StatusPolicy:
         """The thresholds these settings give `classify` (the startup window comes per pod,
