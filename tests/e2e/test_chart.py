@@ -381,6 +381,9 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
             "adapterInputsSecret": "flyte-object-store",
             "securityProfile": "nvidia",
             "allowedSecurityProfiles": ["restricted"],
+            "allowReuse": False,
+            "reuseIdleTTL": "20m",
+            "reuseMaxTTL": "6h",
         }
     }
     docs = render(helm, values, tmp_path=tmp_path)
@@ -415,6 +418,9 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
         adapter_inputs_secret="flyte-object-store",
         security_profile="nvidia",
         allowed_security_profiles=("restricted",),
+        allow_reuse=False,
+        reuse_idle_ttl=parse_duration("20m"),
+        reuse_max_ttl=parse_duration("6h"),
     )
     # The pod reads that file, and restarts when it changes.
     deployment = one(docs, "Deployment")
