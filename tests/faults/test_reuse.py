@@ -404,3 +404,33 @@ def test_isolation_namespaces_secrets_service_accounts_scope_and_adapter_sources
     keys += [p.metadata.labels[LABEL_SHARE_KEY] for p in shared_pods(core_v1, other_namespace)]
     assert len(keys) == len(set(keys)) == len(servers)
     COUNTS["isolation cases (servers not shared)"] += len(servers)
+
+
+def test_holders_adapters_reach_the_server_s_annotations_for_its_adapter_sync_sidecar(
+    server: ConnectorServer, holders: Holders, core_v1: client.CoreV1Api, namespace: str
+) -> None:
+    peft = {"NIM_PEFT_SOURCE": "/opt/nim/loras"}
+
+    def with_adapter(repo: str) -> Any:
+        return shared_task(nim("ready", env=peft, lora_adapter_mem="1Gi", hf_repo_ids=[repo]))
+
+    first = holders.create(with_adapter("acme/first-lora"))
+    second = holders.create(with_adapter("acme/second-lora"))
+    wait_phases(server, {first: TE.SUCCEEDED, second: TE.SUCCEEDED}, timeout=60)
+    [pod] = shared_pods(core_v1, namespace)
+    # The first holder's adapter came with the pod (its init container), the second's through
+    # the sidecar, which follows the pod's annotations (downward API volume).
+    init = [c.name for c in pod.spec.init_containers]
+    assert init == ["lora-downloader", "adapter-sync"]
+    sidecar = pod.spec.init_containers[1]
+    assert sidecar.restart_policy == "Always"
+    [volume] = [v for v in pod.spec.volumes if v.downward_api is not None]
+    assert volume.downward_api.items[0].field_ref.field_path == "metadata.annotations"
+    from nim_agent.contract import wanted_adapters
+
+    assert wanted_adapters(pod.metadata.annotations) == {
+        "first-lora": {"hf": "acme/first-lora"},
+        "second-lora": {"hf": "acme/second-lora"},
+    }
+    env = {e.name: e.value for e in pod.spec.containers[0].env}
+    assert env["NIM_PEFT_REFRESH_INTERVAL"] == "5"  # NIM rescans for new folders
