@@ -10,12 +10,12 @@ from datetime import timedelta
 
 from flytekit import workflow
 
-from nim_agent import NIM, NIMSecrets, NIMTask, NIMTeardownTask
+from nim_agent import NIM, NIMSecrets, NIMTask, NIMTeardownTask, Reuse
 
 
-def nim_task(simulate: str) -> NIMTask:
+def nim_task(simulate: str, reuse: Reuse | None = None) -> NIMTask:
     return NIMTask(
-        name=f"llama-{simulate}",
+        name=f"llama-{simulate}" + ("-shared" if reuse else ""),
         nim=NIM(
             secrets=NIMSecrets(
                 ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_"
@@ -24,12 +24,14 @@ def nim_task(simulate: str) -> NIMTask:
             labels={"nim-agent.dev/simulate": simulate},
         ),
         ttl=timedelta(minutes=30),
+        reuse=reuse,
     )
 
 
 ready = nim_task("ready")
 crashloop = nim_task("crashloop")
 never_ready = nim_task("never-ready")
+shared = nim_task("ready", Reuse(idle_ttl=timedelta(minutes=1)))
 teardown = NIMTeardownTask(name="llama-teardown")
 
 
@@ -55,3 +57,17 @@ def crashloop_wf() -> str:
 @workflow
 def never_ready_wf() -> str:
     return never_ready()
+
+
+@workflow
+def shared_wf() -> str:
+    """A warm server: executions of the same configuration share one (NIMTask(reuse=...))."""
+    return shared()
+
+
+@workflow
+def shared_then_teardown_wf() -> str:
+    """Holds the shared server, then releases it (the teardown releases this holder only)."""
+    endpoint = shared()
+    teardown(endpoint=endpoint)
+    return endpoint

@@ -11,6 +11,7 @@ Needs `make cluster-up` and `make propeller-build` (a missing binary fails, neve
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -317,3 +318,41 @@ def test_create_task_stays_well_under_propellers_deadline(flyte: Flyte, namespac
         flyte.propeller.log_tail(grep="eadline")
     )
     assert "failed to create task from connector" not in log
+
+
+def test_two_workflows_share_one_warm_server_and_a_teardown_releases_only_its_own_hold(
+    flyte: Flyte, core_v1: client.CoreV1Api, namespace: str
+) -> None:
+    first = flyte.run("shared_wf", namespace)
+    assert first.status["phase"] == "Succeeded", first.status
+    [pod] = our_pods(core_v1, namespace)
+    assert "nim-agent.dev/share-key" in pod.metadata.labels
+
+    second = flyte.run("shared_then_teardown_wf", namespace)
+    assert second.status["phase"] == "Succeeded", second.status
+    # One server for both executions; each output is the execution's own endpoint (a Service
+    # of its own, named as its deployment would have been, selecting the shared pod).
+    assert [p.metadata.name for p in our_pods(core_v1, namespace)] == [pod.metadata.name]
+    urls = [flyte.propeller.outputs(namespace, r.execution_id)["o0"] for r in (first, second)]
+    assert urls == [service_url(first)[1], service_url(second)[1]]
+    assert first.create_calls == second.create_calls == 1
+    # The second's teardown released its hold only: its Service is gone, the first's serves on.
+    wait_for(
+        lambda: (
+            {s.metadata.name for s in our_services(core_v1, namespace)} == {service_url(first)[0]}
+        ),
+        timeout=30,
+        what="the teardown to release the second execution's hold",
+    )
+    service = core_v1.read_namespaced_service(service_url(first)[0], namespace)
+    assert service.spec.selector == {"nim-agent.dev/deployment": pod.metadata.name}
+    pod = core_v1.read_namespaced_pod(pod.metadata.name, namespace)
+    holders = {
+        k: json.loads(v)
+        for k, v in pod.metadata.annotations.items()
+        if k.startswith("holders.nim-agent.dev/")
+    }
+    ended = {k.split("/", 1)[1]: v.get("ended_by") for k, v in holders.items()}
+    assert ended == {service_url(first)[0]: None, service_url(second)[0]: "teardown"}
+    assert any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions)
+    assert flyte.connector.metric("nim_agent_cold_starts_avoided_total") >= 1
