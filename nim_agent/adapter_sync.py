@@ -30,7 +30,7 @@ failed adapter is tried again after NIM_AGENT_SYNC_RETRY_SECONDS.
 Environment
   NIM_PEFT_SOURCE                 the folder adapters go into (as the NIM container's)
   NIM_AGENT_ANNOTATIONS           [/etc/nim-agent/annotations] the downward API file
-  NIM_AGENT_SYNC_INTERVAL         [1] seconds between looks at it
+  NIM_AGENT_SYNC_INTERVAL         [0.5] seconds between looks at it
   NIM_AGENT_SYNC_RETRY_SECONDS    [60] before a failed adapter is tried again
   and the downloaders' own: HF_ENDPOINT, HF_TOKEN, NIM_AGENT_HF_CACHE, NIM_AGENT_HF_RETRIES, ...
   (hf_download.py); NIM_AGENT_ADAPTER_CACHE and flytekit's FLYTE_* settings (flyte_download.py)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> No
         log("ERROR needs NIM_PEFT_SOURCE (an absolute path) and the two downloader sources")
         sys.exit(2)
     path = env.get("NIM_AGENT_ANNOTATIONS", "").strip() or ANNOTATIONS_FILE
-    interval = float(env.get("NIM_AGENT_SYNC_INTERVAL", "").strip() or 1)
+    interval = float(env.get("NIM_AGENT_SYNC_INTERVAL", "").strip() or 0.5)
     retry = float(env.get("NIM_AGENT_SYNC_RETRY_SECONDS", "").strip() or 60)
     hf = load_module("nim_agent_hf_download", argv[0])
     flyte = load_module("nim_agent_flyte_download", argv[1])

@@ -620,7 +620,14 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             failure = await self._service_problem(kube, meta, pod)
             if failure is not None:
                 return failure
-            reply = await self._models_probe(kube).models(kube, pod, not_before=since)
+            from nim_agent.serving import HOLDER_MIN_INTERVAL, MIN_INTERVAL
+
+            reply = await self._models_probe(kube).models(
+                kube,
+                pod,
+                not_before=since,
+                max_age=HOLDER_MIN_INTERVAL if meta.shared else MIN_INTERVAL,
+            )
             check = ServingCheck(reply=reply, asked=True, since=since)
             result = classified()
         if pod is not None and _wants_events(result):
