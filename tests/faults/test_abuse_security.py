@@ -34,7 +34,7 @@ from kubernetes import client
 from nim_agent.config import ConfigError
 from nim_agent.render import DeploymentIdentity, ExecutionIdentity, render
 from nim_agent.settings import ConnectorSettings
-from tests.cluster import DEVCLUSTER, REPO_ROOT, holds_resources, our_pods, our_services
+from tests.cluster import DEVCLUSTER, REPO_ROOT, our_pods, our_services, running_pods
 from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
@@ -505,7 +505,7 @@ def run_with_the_charts_identity(
             server.stub.DeleteTask(delete_request(aborted), timeout=30)
         server.stub.DeleteTask(delete_request(waiting), timeout=30)
         wait_phases(server, {expiring: TE.FAILED}, timeout=60)  # stopped at its ttl
-        running = {p.metadata.name for p in our_pods(core_v1, namespace) if holds_resources(p)}
+        running = {p.metadata.name for p in running_pods(core_v1, namespace)}
         assert running == {d.pod_name(ready)}, running
         services = {s.metadata.name for s in our_services(core_v1, namespace)}
         assert d.pod_name(ready) in services and d.pod_name(aborted) not in services
