@@ -403,11 +403,14 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             if tail:
                 result = classified(tail)
         if pod is not None and result.phase is Phase.SUCCEEDED and stop_record(pod) is None:
-            failure = await self._service_problem(kube, meta, pod)
+            # The Service before the endpoint is handed out, and the first success recorded on
+            # the pod: two writes on the first SUCCEEDED only, sent together.
+            writes = [self._service_problem(kube, meta, pod)]
+            if result.served:
+                writes.append(self._record_served(kube, meta, pod, result.served))
+            failure = (await asyncio.gather(*writes))[0]
             if failure is not None:
                 return failure
-            if result.served:
-                await self._record_served(kube, meta, pod, result.served)
         await self._after(kube, meta, pod, result, now)
         return Resource(
             phase=flyte_phase(result.phase),

@@ -151,15 +151,33 @@ def reap_decision(
     unready for ``policy.unhealthy_window``: stopped (unhealthy). ``keep_failed`` leaves failed
     and unhealthy servers running (until their ttl).
     """
+    return _decide(pod, now=now, policy=policy, keep_failed=keep_failed, retention=retention)[0]
+
+
+# The reasons a server that passed its startup probe (or has served) reads as while unready: the
+# only ones the unhealthy window can apply to.
+_UNREADY_REASONS = frozenset({Reason.SERVING_INTERRUPTED, Reason.NOT_READY})
+
+
+def _decide(
+    pod: Mapping[str, Any],
+    *,
+    now: datetime,
+    policy: StatusPolicy,
+    keep_failed: bool,
+    retention: timedelta,
+) -> tuple[Decision | None, Classification | None]:
+    """`reap_decision`, and the classification it made on the way (None when it made none)."""
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return None
+        return None, None
     record = stop_record(pod)
     if record is not None:
         if now - record.at >= retention:
             kept = format_duration(retention)
-            return Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
-        return None
+            forget = Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
+            return forget, None
+        return None, None
     endpoint = endpoint_of(pod)
     result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint=endpoint)
     served = served_at(pod) is not None
@@ -167,17 +185,19 @@ def reap_decision(
     if phase in ("Failed", "Succeeded"):
         cause = TTL if result.reason is Reason.TTL_EXPIRED else FAILURE
         record = stop_record_for(cause, result, now=now, detail=None, served=served)
-        return Decision(Action.STOP, cause, result.message, record, result)
+        return Decision(Action.STOP, cause, result.message, record, result), result
     expiry = expires_at(pod)
     if expiry is not None and now >= expiry:
         detail = f"ttl expired at {format_time(expiry)}"
         record = stop_record_for(TTL, result, now=now, detail=detail, served=served)
-        return Decision(Action.STOP, TTL, detail, record, result)
+        return Decision(Action.STOP, TTL, detail, record, result), result
     if keep_failed:
-        return None
+        return None, result
     if result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED):
         record = stop_record_for(FAILURE, result, now=now)
-        return Decision(Action.STOP, FAILURE, result.message, record, result)
+        return Decision(Action.STOP, FAILURE, result.message, record, result), result
+    if result.reason not in _UNREADY_REASONS:
+        return None, result
     unready = unhealthy_for(read_pod(pod, (), now))
     if unready is not None and unready >= policy.unhealthy_window:
         detail = (
@@ -185,8 +205,8 @@ def reap_decision(
             f"(unhealthy window {format_duration(policy.unhealthy_window)})"
         )
         record = stop_record_for(UNHEALTHY, result, now=now, detail=detail, served=served)
-        return Decision(Action.STOP, UNHEALTHY, detail, record, result)
-    return None
+        return Decision(Action.STOP, UNHEALTHY, detail, record, result), result
+    return None, result
 
 
 def superseded(pods: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any], Decision]]:
@@ -338,17 +358,18 @@ class Reaper:
                 await asyncio.sleep(0)  # let GetTask calls in between slices of the sweep
             meta = pod.get("metadata") or {}
             namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-            decision = replaced.get(id(pod)) or reap_decision(
+            decision, result = _decide(
                 pod,
                 now=now,
                 policy=self._policy,
                 keep_failed=self._keep_failed,
                 retention=self._retention,
             )
+            decision = replaced.get(id(pod)) or decision
             if decision is None:
-                result = classify(pod, now=now, policy=policy_for(pod, self._policy), endpoint="")
-                phases[result.phase.value] += 1
-                unhealthy += result.reason is Reason.SERVING_INTERRUPTED
+                if result is not None:  # a stopped pod, kept for its retention, is not counted
+                    phases[result.phase.value] += 1
+                    unhealthy += result.reason is Reason.SERVING_INTERRUPTED
                 continue
             if decision.classification is not None and decision.cause == "failure":
                 uid = str(meta.get("uid") or "")
