@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help setup test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build demo bench clean
+.PHONY: help setup objectstore-build test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,8 +36,11 @@ lint: setup ## ruff lint + format check, import layering (.importlinter)
 typecheck: setup ## mypy on the package
 	$(VENV)/bin/mypy
 
-unit: setup ## fast tests, no cluster (what a bare `pytest` runs)
-	$(PYTEST) tests/unit
+unit: setup objectstore-build ## fast tests, no cluster (what a bare `pytest` runs)
+	NIM_AGENT_REQUIRE_OBJECTSTORE=1 $(PYTEST) tests/unit
+
+objectstore-build: ## build or reuse the S3-compatible object store (MinIO, from Go modules; cached)
+	devcluster/objectstore.sh build >/dev/null
 
 .PHONY: proto
 proto: setup ## regenerate nim_agent/_proto from proto/ (committed; a unit test checks it is fresh)
