@@ -64,13 +64,16 @@ standin_recipe() { # standin_recipe FILE
     "$(sha256sum <"$1" | cut -d' ' -f1)"
 }
 
-# The official python:3.11-slim, as far as the Dockerfile depends on it: python3 and python in
-# /usr/local/bin (the virtualenv links to /usr/local/bin/python3), `python -m pip` installing as
-# root into /usr/local, CA certificates (uv and pip reach PyPI), groupadd/useradd, no user with
-# uid 1000, root as the default user.
+# The official python:3.11-slim, as far as the Dockerfile and what it installs depend on it: the
+# packages of debian:bookworm-slim (variant minbase: Essential + apt, so libstdc++ too, which
+# grpcio's wheel links against) and the ones the python image adds (CA certificates, netbase,
+# tzdata); python3 and python in /usr/local/bin (the virtualenv links to /usr/local/bin/python3),
+# `python -m pip` installing as root into /usr/local, groupadd/useradd, no user with uid 1000,
+# root as the default user.
+SLIM_PACKAGES=python3,python3-pip,ca-certificates,netbase,tzdata,passwd
 slim_recipe() {
-  printf 'python-slim v2\nsuite=%s mirror=%s variant=essential include=python3,python3-pip,ca-certificates,passwd\n' \
-    "$DEBIAN_SUITE" "$DEBIAN_MIRROR"
+  printf 'python-slim v3\nsuite=%s mirror=%s variant=minbase include=%s\n' \
+    "$DEBIAN_SUITE" "$DEBIAN_MIRROR" "$SLIM_PACKAGES"
   printf '/usr/local/bin/{python3,python,pip}; no EXTERNALLY-MANAGED; LANG=C.UTF-8; user root\n'
   local ca
   for ca in $(local_cas); do printf 'ca %s %s\n' "$(basename "$ca")" "$(sha256sum <"$ca" | cut -d' ' -f1)"; done
@@ -204,7 +207,7 @@ build_slim() {
   local dest; dest=$(layout python-slim "$(key_slim)")
   [ -d "$dest" ] && return 0
   local t0=$SECONDS
-  log "building the python-slim base with mmdebstrap ($DEBIAN_SUITE: python3, pip, CA certificates, passwd)"
+  log "building the python-slim base with mmdebstrap ($DEBIAN_SUITE minbase + $SLIM_PACKAGES)"
   local tmp="$dest.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
   local ca_hooks=() ca_env=() ca
   if [ -n "$(local_cas)" ]; then
@@ -217,7 +220,7 @@ build_slim() {
   fi
   # The official image installs no recommended packages and no documentation either. Its
   # python3 is in /usr/local/bin, and pip may install there as root (no EXTERNALLY-MANAGED).
-  mmdebstrap --quiet --variant=essential --include=python3,python3-pip,ca-certificates,passwd \
+  mmdebstrap --quiet --variant=minbase --include="$SLIM_PACKAGES" \
     --format=tar --aptopt='APT::Install-Recommends "false"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
