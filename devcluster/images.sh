@@ -258,7 +258,7 @@ build_connector() {
     return 0
   fi
   local t0=$SECONDS
-  "$ROOT/devcluster/apt.sh" buildah runc skopeo umoci mmdebstrap
+  "$ROOT/devcluster/apt.sh" buildah runc skopeo umoci mmdebstrap curl
   build_slim
   log "building the connector image $key from the Dockerfile (buildah $(buildah --version | awk '{print $3}'))"
   local tmp="$dest.tmp"; rm -rf "$tmp"; mkdir -p "$tmp/context"
