@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help setup objectstore-build test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build demo bench clean
+.PHONY: help setup objectstore-build test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build image demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -60,10 +60,13 @@ cluster-up: cluster-build ## start the control plane and the real node unless ru
 cluster-down: ## stop the control plane and the real node, remove all they made (nothing running: no-op)
 	devcluster/cluster.sh down
 
+image: ## build the connector image from the Dockerfile with buildah (cached by its inputs), push it to the local registry, NIM_AGENT_IMAGE in .devcluster/images.env
+	devcluster/images.sh connector
+
 integration: setup cluster-up ## tests against the local control plane
 	$(PYTEST) --with-cluster tests/integration
 
-e2e: setup cluster-up propeller-build ## end-to-end tests: Helm chart, image packaging, connector, propeller
+e2e: setup cluster-up propeller-build image ## end-to-end tests: Helm chart, the connector image on the real node, connector, propeller
 	$(PYTEST) --with-cluster tests/e2e
 
 faults: setup cluster-up ## fault, abuse, load and security suite (restarts the apiserver; leak audit at the end)
