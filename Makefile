@@ -78,7 +78,7 @@ soak: setup cluster-up ## the fault suite with its long variants: minutes of loa
 test: lint typecheck unit integration e2e faults ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
 
-demo: setup cluster-up ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
+demo: setup cluster-up image ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
 	devcluster/demo.sh
 
 BENCH_ARGS ?=
