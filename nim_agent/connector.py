@@ -657,11 +657,15 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             if failed is not None:
                 return failed
         if pod is not None and result.phase is Phase.SUCCEEDED and stop_record(pod) is None:
-            failure = await self._service_problem(kube, meta, pod)
+            # The Service before the endpoint is handed out, and the first success recorded on
+            # the pod: two writes on the first SUCCEEDED only, sent together.
+            writes = [self._service_problem(kube, meta, pod)]
+            if result.served and real is not None:
+                # A holder's view is not the pod: its record is written on the shared pod.
+                writes.append(self._record_served(kube, meta, real, result.served))
+            failure = (await asyncio.gather(*writes))[0]
             if failure is not None:
                 return failure
-            if result.served and real is not None:
-                await self._record_served(kube, meta, real, result.served)
         await self._after(kube, meta, pod, result, now)
         return Resource(
             phase=flyte_phase(result.phase),

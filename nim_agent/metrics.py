@@ -5,7 +5,7 @@ on its metrics port (9090 by default) next to its own ``flyte_connector_*`` seri
 
 Metric                                        | labels
 --------------------------------------------- | -----------------------------
-nim_agent_deployments                         | phase (gauge, from the watch cache)
+nim_agent_deployments                         | phase (gauge: live deployments, not stopped)
 nim_agent_deployments_created_total           | (counter)
 nim_agent_time_to_ready_seconds               | (histogram: pod creation -> Ready)
 nim_agent_failures_total                      | reason
@@ -38,7 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DEPLOYMENTS = Gauge(
     "nim_agent_deployments",
-    "NIM deployments known to the watch cache, by the Flyte phase they map to.",
+    "Live NIM deployments (not stopped or being deleted) in the watch cache, by Flyte phase.",
     ["phase"],
 )
 DEPLOYMENTS_CREATED = Counter(

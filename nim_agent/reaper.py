@@ -166,15 +166,33 @@ def reap_decision(
     records of holders that are gone, compacted (last). Both carry the pod's resourceVersion
     as their precondition.
     """
+    return _decide(pod, now=now, policy=policy, keep_failed=keep_failed, retention=retention)[0]
+
+
+# The reasons a server that passed its startup probe (or has served) reads as while unready: the
+# only ones the unhealthy window can apply to.
+_UNREADY_REASONS = frozenset({Reason.SERVING_INTERRUPTED, Reason.NOT_READY})
+
+
+def _decide(
+    pod: Mapping[str, Any],
+    *,
+    now: datetime,
+    policy: StatusPolicy,
+    keep_failed: bool,
+    retention: timedelta,
+) -> tuple[Decision | None, Classification | None]:
+    """`reap_decision`, and the classification it made on the way (None when it made none)."""
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return None
+        return None, None
     record = stop_record(pod)
     if record is not None:
         if now - record.at >= retention:
             kept = format_duration(retention)
-            return Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
-        return None
+            forget = Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
+            return forget, None
+        return None, None
     endpoint = endpoint_of(pod)
     result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint=endpoint)
     served = served_at(pod) is not None
@@ -182,14 +200,14 @@ def reap_decision(
     if phase in ("Failed", "Succeeded"):
         cause = TTL if result.reason is Reason.TTL_EXPIRED else FAILURE
         record = stop_record_for(cause, result, now=now, detail=None, served=served)
-        return Decision(Action.STOP, cause, result.message, record, result)
+        return Decision(Action.STOP, cause, result.message, record, result), result
     expiry = expires_at(pod)
     shared = is_shared(pod)
     if expiry is not None and now >= expiry:
         what = "lifetime (reuse_max_ttl)" if shared else "ttl"
         detail = f"{what} expired at {format_time(expiry)}"
         record = stop_record_for(TTL, result, now=now, detail=detail, served=served)
-        return Decision(Action.STOP, TTL, detail, record, result)
+        return Decision(Action.STOP, TTL, detail, record, result), result
     version = str(meta.get("resourceVersion") or "") or None
     if shared:
         deadline = idle_deadline(pod, now)
@@ -198,16 +216,19 @@ def reap_decision(
             idle = format_duration(now - since, exact=False) if since else "?"
             detail = f"idle for {idle}: no holder since {format_time(since or now)}"
             record = stop_record_for(IDLE, result, now=now, detail=detail, served=served)
-            return Decision(Action.STOP, IDLE, detail, record, result, precondition=version)
-    decision = _failure_decision(pod, result, now=now, policy=policy, served=served)
-    if decision is not None and not keep_failed:
-        return decision
+            stop = Decision(Action.STOP, IDLE, detail, record, result, precondition=version)
+            return stop, result
+    if not keep_failed:
+        decision = _failure_decision(pod, result, now=now, policy=policy, served=served)
+        if decision is not None:
+            return decision, result
     patch = compaction(pod, now) if shared else None
     if patch is not None:
         gone = sum(1 for value in patch.values() if value is None)
         message = f"removed the records of {gone} holder(s) that are gone"
-        return Decision(Action.COMPACT, "compact", message, patch=patch, precondition=version)
-    return None
+        compact = Decision(Action.COMPACT, "compact", message, patch=patch, precondition=version)
+        return compact, result
+    return None, result
 
 
 def _failure_decision(
@@ -222,6 +243,8 @@ def _failure_decision(
     if result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED):
         record = stop_record_for(FAILURE, result, now=now)
         return Decision(Action.STOP, FAILURE, result.message, record, result)
+    if result.reason not in _UNREADY_REASONS:
+        return None
     unready = unhealthy_for(read_pod(pod, (), now))
     if unready is not None and unready >= policy.unhealthy_window:
         detail = (
@@ -412,17 +435,18 @@ class Reaper:
                 await asyncio.sleep(0)  # let GetTask calls in between slices of the sweep
             meta = pod.get("metadata") or {}
             namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-            decision = replaced.get(id(pod)) or reap_decision(
+            decision, result = _decide(
                 pod,
                 now=now,
                 policy=self._policy,
                 keep_failed=self._keep_failed,
                 retention=self._retention,
             )
+            decision = replaced.get(id(pod)) or decision
             if decision is None:
-                result = classify(pod, now=now, policy=policy_for(pod, self._policy), endpoint="")
-                phases[result.phase.value] += 1
-                unhealthy += result.reason is Reason.SERVING_INTERRUPTED
+                if result is not None:  # a stopped pod, kept for its retention, is not counted
+                    phases[result.phase.value] += 1
+                    unhealthy += result.reason is Reason.SERVING_INTERRUPTED
                 continue
             if decision.classification is not None and decision.cause == "failure":
                 uid = str(meta.get("uid") or "")
@@ -433,6 +457,8 @@ class Reaper:
                     kube, pod, decision.record, precondition=decision.precondition
                 )
             elif decision.action is Action.COMPACT:
+                if result is not None:  # a running shared server: counted as any other
+                    phases[result.phase.value] += 1
                 if not await _compact(kube, namespace, name, decision):
                     continue
             else:

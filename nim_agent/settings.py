@@ -314,10 +314,21 @@ class ConnectorSettings:
             for key, value in _read_yaml(path).items():
                 raw[str(key)] = (value, f"{key} ({path})")
         for var, value in env.items():
-            if var.startswith(ENV_PREFIX) and var != CONFIG_FILE_ENV:
+            if (
+                var.startswith(ENV_PREFIX)
+                and var != CONFIG_FILE_ENV
+                and not _SERVICE_LINK.match(var)
+            ):
                 raw[var[len(ENV_PREFIX) :].lower()] = (value, var)
         return _build(raw)
 
+
+# What Kubernetes puts in a pod's environment for each Service of its namespace (service links):
+# for a Service named nim-agent, or nim-agent-<x>, these start with our prefix. Never settings.
+_SERVICE_LINK = re.compile(
+    r"^NIM_AGENT(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)"
+    r"(_(PROTO|PORT|ADDR))?)?)$"
+)
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ConnectorSettings)}
 _TYPES: dict[str, Any] = get_type_hints(ConnectorSettings)

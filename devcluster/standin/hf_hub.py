@@ -44,10 +44,11 @@ HF_STANDIN_CHECKPOINT_MIB [8] MiB):
                                                                refused (the token has no access)
   HF_STANDIN_NEMO_REPO        [standin/llama3-8b-lora-nemo]    a NeMo adapter (one .nemo file)
   HF_STANDIN_NO_ADAPTER_REPO  [standin/llama3-8b-base-only]    a model repo without adapter files
-  HF_STANDIN_SERIES           [standin/llama3-8b-lora-eval-]   + 00, 01, ...: HF_STANDIN_SERIES_COUNT
-                                                               [12] more public adapters, each its
-                                                               own weights (an evaluation loop's
-                                                               adapters; 1 MiB checkpoints)
+  HF_STANDIN_SERIES           [standin/llama3-8b-lora-eval-]   + 00, 01, ...: public adapters,
+                                                               HF_STANDIN_SERIES_COUNT [12] of
+                                                               them, each its own weights (an
+                                                               evaluation loop's; 1 MiB
+                                                               checkpoints)
 
 Other settings
   HF_STANDIN_HOST [0.0.0.0]   listen address (pods on the real node reach the host at 10.244.0.1)

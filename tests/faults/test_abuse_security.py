@@ -35,14 +35,7 @@ from nim_agent import NIMTask, Reuse
 from nim_agent.config import ConfigError
 from nim_agent.render import DeploymentIdentity, ExecutionIdentity, render
 from nim_agent.settings import ConnectorSettings
-from tests.cluster import (
-    DEVCLUSTER,
-    REPO_ROOT,
-    holds_resources,
-    our_pods,
-    our_services,
-    wait_for,
-)
+from tests.cluster import DEVCLUSTER, REPO_ROOT, our_pods, our_services, running_pods, wait_for
 from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
@@ -542,7 +535,7 @@ def run_with_the_charts_identity(
             what="the idle shared server to be stopped",
         )
         wait_phases(server, {expiring: TE.FAILED}, timeout=60)  # stopped at its ttl
-        running = {p.metadata.name for p in our_pods(core_v1, namespace) if holds_resources(p)}
+        running = {p.metadata.name for p in running_pods(core_v1, namespace)}
         assert running == {d.pod_name(ready)}, running
         services = {s.metadata.name for s in our_services(core_v1, namespace)}
         assert d.pod_name(ready) in services and d.pod_name(aborted) not in services
