@@ -577,7 +577,13 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     async def _get(self, meta: NIMMetadata) -> Resource:
         kube = await self.kube()
         now = datetime.now(UTC)
-        pod = self._with_served(await self._read_pod(kube, meta), meta)
+        pod = await self._read_pod(kube, meta)
+        if meta.shared and pod is not None and meta.name not in holder_records(pod):
+            # The watch cache may not show a record written a moment ago (this execution's
+            # attach): ask the API server before telling a holder it holds nothing.
+            fresh = await kube.get_pod(meta.namespace, meta.pod_name)
+            pod = fresh if is_ours(fresh) else None
+        pod = self._with_served(pod, meta)
         real = pod
         since = None
         if meta.shared and pod is not None:
