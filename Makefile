@@ -82,7 +82,7 @@ demo: setup cluster-up image ## the main job end to end on the local control pla
 	devcluster/demo.sh
 
 BENCH_ARGS ?=
-bench: setup ## benchmarks vs the naive connector on a control plane of their own (6-10 min; JSON in benchmarks/results/)
+bench: setup ## benchmarks vs the naive connector on a control plane of their own (6-10 min), then warm servers vs a server per execution on the real node (13 min; JSON in benchmarks/results/)
 	benchmarks/run.sh $(BENCH_ARGS)
 
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)
