@@ -17,10 +17,12 @@ ENV UV_PROJECT_ENVIRONMENT=/opt/nim-agent \
     UV_LINK_MODE=copy \
     UV_NO_CACHE=1
 WORKDIR /src
-# Third-party dependencies first: this layer is reused while only nim_agent/ changes.
-COPY pyproject.toml uv.lock README.md ./
+# Third-party dependencies first: this layer is reused while only nim_agent/ or README.md change.
+COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
-# Then the package itself, installed as a wheel (not editable): /src is not in the final image.
+# Then the package itself (README.md is its long description), installed as a wheel (not
+# editable): /src is not in the final image.
+COPY README.md ./
 COPY nim_agent ./nim_agent
 RUN uv sync --frozen --no-dev --no-editable
 

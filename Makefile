@@ -13,7 +13,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: help setup test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build demo bench clean
+.PHONY: help setup objectstore-build test lint typecheck unit integration e2e faults soak cluster-build cluster-up cluster-down propeller-build image demo bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -36,8 +36,11 @@ lint: setup ## ruff lint + format check, import layering (.importlinter)
 typecheck: setup ## mypy on the package
 	$(VENV)/bin/mypy
 
-unit: setup ## fast tests, no cluster (what a bare `pytest` runs)
-	$(PYTEST) tests/unit
+unit: setup objectstore-build ## fast tests, no cluster (what a bare `pytest` runs)
+	NIM_AGENT_REQUIRE_OBJECTSTORE=1 $(PYTEST) tests/unit
+
+objectstore-build: ## build or reuse the S3-compatible object store (MinIO, from Go modules; cached)
+	devcluster/objectstore.sh build >/dev/null
 
 .PHONY: proto
 proto: setup ## regenerate nim_agent/_proto from proto/ (committed; a unit test checks it is fresh)
@@ -57,10 +60,13 @@ cluster-up: cluster-build ## start the control plane and the real node unless ru
 cluster-down: ## stop the control plane and the real node, remove all they made (nothing running: no-op)
 	devcluster/cluster.sh down
 
+image: ## build the connector image from the Dockerfile with buildah (cached by its inputs), push it to the local registry, NIM_AGENT_IMAGE in .devcluster/images.env
+	devcluster/images.sh connector
+
 integration: setup cluster-up ## tests against the local control plane
 	$(PYTEST) --with-cluster tests/integration
 
-e2e: setup cluster-up propeller-build ## end-to-end tests: Helm chart, image packaging, connector, propeller
+e2e: setup cluster-up propeller-build image ## end-to-end tests: Helm chart, the connector image on the real node, connector, propeller
 	$(PYTEST) --with-cluster tests/e2e
 
 faults: setup cluster-up ## fault, abuse, load and security suite (restarts the apiserver; leak audit at the end)
@@ -72,11 +78,11 @@ soak: setup cluster-up ## the fault suite with its long variants: minutes of loa
 test: lint typecheck unit integration e2e faults ## every test suite (what CI runs)
 	@echo "make test: all suites passed"
 
-demo: setup cluster-up ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
+demo: setup cluster-up image ## the main job end to end on the local control plane (connector, NIM with LoRA, pyflyte run)
 	devcluster/demo.sh
 
 BENCH_ARGS ?=
-bench: setup ## benchmarks vs the naive connector on a control plane of their own (6-10 min; JSON in benchmarks/results/)
+bench: setup ## benchmarks vs the naive connector on a control plane of their own (6-10 min), then warm servers vs a server per execution on the real node (13 min; JSON in benchmarks/results/)
 	benchmarks/run.sh $(BENCH_ARGS)
 
 propeller-build: ## build flytepropeller + kubectl-flyte from the Go module proxy (cached)

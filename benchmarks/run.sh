@@ -6,6 +6,10 @@
 # Settings (environment, defaults in brackets):
 #   DEVCLUSTER_DIR [.devcluster-bench]  state folder; NIM_AGENT_CLUSTER [nim-agent-bench]
 #   NODES_GPU [135] x GPUS_PER_NODE [16] fake GPUs: room for 2 x 1,000 one-GPU deployments + probes
+#   REUSE_BENCH [1]  then benchmarks/reuse.py (warm servers vs a server per execution, about 13 min),
+#                    on the worktree's own control plane with the real node (one per machine: it
+#                    waits for none; it fails saying so when another worktree holds the node);
+#                    REUSE_BENCH_ARGS go to it
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,3 +24,9 @@ trap '"$ROOT/devcluster/cluster.sh" down' EXIT
 "$ROOT/devcluster/cluster.sh" up
 cd "$ROOT"
 .venv/bin/python -m benchmarks.bench "$@"
+if [ "${REUSE_BENCH:-1}" != 0 ]; then
+  # Not this control plane: the real node belongs to the worktree's own (.devcluster).
+  # shellcheck disable=SC2086
+  env -u DEVCLUSTER_DIR -u NIM_AGENT_CLUSTER -u NODES_GPU -u GPUS_PER_NODE -u NODES_CPU REAL_NODE=1 \
+    .venv/bin/python -m benchmarks.reuse ${REUSE_BENCH_ARGS:-}
+fi

@@ -7,16 +7,26 @@
 #   nim-standin  python + devcluster/standin/nim_standin.py, named like a NIM image
 #                (nim/meta/llama3-8b-instruct), so the stand-in derives its model id from it
 #   hf-hub       python + devcluster/standin/hf_hub.py
+# and, built only on request (`connector`, i.e. `make image`), the connector image itself:
+#   python-slim  the layout of the official python:3.11-slim that the Dockerfile is written for
+#                (root, no uid 1000, /usr/local/bin/python3 and python, pip, CA certificates,
+#                groupadd/useradd), made from Debian's packages: the Dockerfile's PYTHON_IMAGE
+#   nim-agent    the repository's Dockerfile, built by buildah (no Docker engine) on python-slim
 #
 # Each image is an OCI layout under ${NIM_AGENT_CACHE:-~/.cache/nim-agent}/images/<name>-<key>,
 # where <key> is a hash of everything that goes into it (recipe, Debian suite, package versions
 # for pause, file contents for the stand-ins); the same key is the image's tag in the registry.
 # A layout that exists is never rebuilt; a tag that the registry has is never pushed again.
 #
-# Usage: devcluster/images.sh build | push | env
-#   build   build the layouts that are missing (mmdebstrap needs Debian's archive)
-#   push    build, then copy every image to the registry unless it has the tag already
-#   env     print the image references as KEY=value lines (for .devcluster/images.env)
+# Usage: devcluster/images.sh build | push | env | connector
+#   build      build the real node's layouts that are missing (mmdebstrap needs Debian's archive)
+#   push       build, then copy every image to the registry unless it has the tag already (the
+#              connector image too when it is built for this checkout)
+#   env        print the image references as KEY=value lines (for .devcluster/images.env);
+#              NIM_AGENT_IMAGE only when the connector image of this checkout is built
+#   connector  build the connector image unless cached (its key: the Dockerfile, .dockerignore,
+#              the files its COPY instructions read, the base), push it when the registry runs,
+#              and set NIM_AGENT_IMAGE in .devcluster/images.env
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +36,11 @@ REGISTRY="${REGISTRY:-127.0.0.1:5050}"
 DEBIAN_SUITE="${DEBIAN_SUITE:-bookworm}"
 DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 STANDIN_DIR="$ROOT/devcluster/standin"
+STATE="${DEVCLUSTER_DIR:-$ROOT/.devcluster}"
+# buildah's own storage (its layer cache: a change to nim_agent/ rebuilds only the last layers).
+BUILDAH_STORE="$CACHE/buildah"
+# How many connector images (one per source state) the cache keeps.
+CONNECTOR_KEEP="${CONNECTOR_KEEP:-4}"
 # Fixed timestamps: the same inputs give the same layers on every machine.
 export SOURCE_DATE_EPOCH=1767225600  # 2026-01-01T00:00:00Z
 CREATED="2026-01-01T00:00:00Z"
@@ -49,16 +64,68 @@ standin_recipe() { # standin_recipe FILE
     "$(sha256sum <"$1" | cut -d' ' -f1)"
 }
 
+# The official python:3.11-slim, as far as the Dockerfile and what it installs depend on it: the
+# packages of debian:bookworm-slim (variant minbase: Essential + apt, so libstdc++ too, which
+# grpcio's wheel links against) and the ones the python image adds (CA certificates, netbase,
+# tzdata); python3 and python in /usr/local/bin (the virtualenv links to /usr/local/bin/python3),
+# `python -m pip` installing as root into /usr/local, groupadd/useradd, no user with uid 1000,
+# root as the default user.
+SLIM_PACKAGES=python3,python3-pip,ca-certificates,netbase,tzdata,passwd
+slim_recipe() {
+  printf 'python-slim v3\nsuite=%s mirror=%s variant=minbase include=%s\n' \
+    "$DEBIAN_SUITE" "$DEBIAN_MIRROR" "$SLIM_PACKAGES"
+  printf '/usr/local/bin/{python3,python,pip}; no EXTERNALLY-MANAGED; LANG=C.UTF-8; user root\n'
+  local ca
+  for ca in $(local_cas); do printf 'ca %s %s\n' "$(basename "$ca")" "$(sha256sum <"$ca" | cut -d' ' -f1)"; done
+}
+
+# The machine's own certificate authorities (Debian's place for local ones). Where outgoing TLS
+# is re-signed by a proxy (as here), RUN steps reach PyPI only when the base trusts the same CAs
+# as the machine: they are added to the base's store, and SSL_CERT_FILE points uv at that store
+# (uv trusts its built-in roots otherwise; Debian's pip uses the store already).
+local_cas() { find /usr/local/share/ca-certificates -type f -name '*.crt' 2>/dev/null | LC_ALL=C sort; }
+
+# The build context of the Dockerfile: the sources of its COPY instructions that read the
+# context (not --from=<stage>), relative to the repository, one file per line, sorted. Compiled
+# Python files are left out (.dockerignore leaves them out of the context too).
+connector_files() {
+  local src
+  awk 'toupper($1) == "COPY" && $0 !~ /--from/ { for (i = 2; i < NF; i++) if ($i !~ /^--/) print $i }' \
+    "$ROOT/Dockerfile" | while read -r src; do
+    [ -e "$ROOT/$src" ] || die "the Dockerfile copies $src, which is not in the repository"
+    (cd "$ROOT" && find "$src" -type f ! -path '*/__pycache__/*' ! -name '*.pyc')
+  done | LC_ALL=C sort -u
+}
+
+# connector_recipe DIR FILES: everything the connector image is made of, as text: the base, the
+# Dockerfile, .dockerignore and the context files listed in FILES, as found in DIR (the
+# repository, or the staged build context)
+connector_recipe() {
+  local dir=$1 list=$2 f
+  printf 'nim-agent v1 base=%s\n' "$(slim_recipe | sha)"
+  for f in Dockerfile .dockerignore $(cat "$list"); do
+    printf '%s %s\n' "$f" "$(sha256sum <"$dir/$f" | cut -d' ' -f1)"
+  done
+}
+
 key_pause() { pause_recipe | sha; }
 key_python() { base_recipe | sha; }
 key_standin() { standin_recipe "$STANDIN_DIR/nim_standin.py" | sha; }
 key_hub() { standin_recipe "$STANDIN_DIR/hf_hub.py" | sha; }
+key_slim() { slim_recipe | sha; }
+key_connector() {
+  local list; list=$(mktemp)
+  connector_files >"$list" || { rm -f "$list"; return 1; }
+  connector_recipe "$ROOT" "$list" | sha
+  rm -f "$list"
+}
 
 # Registry repositories (the stand-in is named as NIM images are: nvcr.io/nim/<org>/<model>).
 ref_pause() { echo "$REGISTRY/nim-agent/pause:$(key_pause)"; }
 ref_python() { echo "$REGISTRY/nim-agent/python:$(key_python)"; }
 ref_standin() { echo "$REGISTRY/nim/meta/llama3-8b-instruct:standin-$(key_standin)"; }
 ref_hub() { echo "$REGISTRY/nim-agent/hf-hub:$(key_hub)"; }
+ref_connector() { local k; k=$(key_connector) || return 1; echo "$REGISTRY/nim-agent/nim-agent:$k"; }
 
 # layout NAME KEY: the cache folder of one image
 layout() { echo "$IMAGES/$1-$2"; }
@@ -136,6 +203,140 @@ build_standin() {
   mv "$tmp/oci" "$dest"; rm -rf "$tmp"
 }
 
+build_slim() {
+  local dest; dest=$(layout python-slim "$(key_slim)")
+  [ -d "$dest" ] && return 0
+  local t0=$SECONDS
+  log "building the python-slim base with mmdebstrap ($DEBIAN_SUITE minbase + $SLIM_PACKAGES)"
+  local tmp="$dest.tmp"; rm -rf "$tmp"; mkdir -p "$tmp"
+  local ca_hooks=() ca_env=() ca
+  if [ -n "$(local_cas)" ]; then
+    mkdir -p "$tmp/cas"
+    for ca in $(local_cas); do cp "$ca" "$tmp/cas/"; done
+    ca_hooks=(--customize-hook="cp $tmp/cas/*.crt \"\$1/usr/local/share/ca-certificates/\"" \
+      --customize-hook='chroot "$1" update-ca-certificates >/dev/null')
+    ca_env=(--config.env SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt)
+    log "the base trusts this machine's CAs too: $(local_cas | xargs -n1 basename | tr '\n' ' ')"
+  fi
+  # The official image installs no recommended packages and no documentation either. Its
+  # python3 is in /usr/local/bin, and pip may install there as root (no EXTERNALLY-MANAGED).
+  mmdebstrap --quiet --variant=minbase --include="$SLIM_PACKAGES" \
+    --format=tar --aptopt='APT::Install-Recommends "false"' \
+    --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+    --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+    --dpkgopt='path-exclude=/usr/share/locale/*' \
+    --customize-hook='ln -sf /usr/bin/python3 "$1/usr/local/bin/python3"' \
+    --customize-hook='ln -sf python3 "$1/usr/local/bin/python"' \
+    --customize-hook='ln -sf /usr/bin/pip3 "$1/usr/local/bin/pip"' \
+    --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED' \
+    --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*' \
+    "${ca_hooks[@]}" \
+    "$DEBIAN_SUITE" "$tmp/rootfs.tar" "$DEBIAN_MIRROR" >"$tmp/mmdebstrap.log" 2>&1 ||
+    die "mmdebstrap failed: $(tail -5 "$tmp/mmdebstrap.log" | tr '\n' ' ') (log: $tmp/mmdebstrap.log)"
+  umoci init --layout "$tmp/oci"
+  umoci new --image "$tmp/oci:image"
+  umoci raw add-layer --image "$tmp/oci:image" --history.created "$CREATED" "$tmp/rootfs.tar"
+  umoci_config "$tmp/oci" --config.workingdir / \
+    --config.env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --config.env LANG=C.UTF-8 "${ca_env[@]}" --config.cmd python3
+  mv "$tmp/oci" "$dest"; rm -rf "$tmp"
+  log "built the python-slim base in $((SECONDS - t0))s"
+}
+
+# buildah on its own storage under the cache (overlay on the cache's filesystem).
+bah() { buildah --root "$BUILDAH_STORE/root" --runroot "$BUILDAH_STORE/run" --storage-driver overlay "$@"; }
+
+# The connector image: the repository's Dockerfile, unchanged, built by buildah with
+# PYTHON_IMAGE=python-slim. RUN steps use the host's network (uv and pip fetch from PyPI; no
+# bridge or firewall rule is made for the build) and buildah's layer cache: a change to nim_agent/
+# only reruns the steps after `COPY nim_agent`.
+build_connector() {
+  local key; key=$(key_connector) || die "cannot list the Dockerfile's build context"
+  local dest; dest=$(layout nim-agent "$key")
+  if [ -d "$dest" ]; then
+    log "connector image $key: cached"
+    return 0
+  fi
+  local t0=$SECONDS
+  "$ROOT/devcluster/apt.sh" buildah runc skopeo umoci mmdebstrap curl
+  build_slim
+  log "building the connector image $key from the Dockerfile (buildah $(buildah --version | awk '{print $3}'))"
+  local tmp="$dest.tmp"; rm -rf "$tmp"; mkdir -p "$tmp/context"
+  # The context holds exactly the files the key was made of.
+  connector_files >"$tmp/files"
+  cp "$ROOT/Dockerfile" "$ROOT/.dockerignore" "$tmp/context/"
+  (cd "$ROOT" && tar -cf - -T "$tmp/files") | tar -xf - -C "$tmp/context"
+  [ "$(connector_recipe "$tmp/context" "$tmp/files" | sha)" = "$key" ] ||
+    die "the sources changed while the build context was copied; run it again"
+  local base="localhost/nim-agent/python-slim:$(key_slim)" name="localhost/nim-agent/nim-agent:$key"
+  mkdir -p "$BUILDAH_STORE"
+  if ! bah inspect --type image "$base" >/dev/null 2>&1; then
+    skopeo copy --quiet "oci:$(layout python-slim "$(key_slim)"):image" \
+      "containers-storage:[overlay@$BUILDAH_STORE/root+$BUILDAH_STORE/run]$base" ||
+      die "could not load the python-slim base into buildah's storage"
+  fi
+  bah bud --layers --pull=never --network=host --runtime=runc --format=oci \
+    --build-arg "PYTHON_IMAGE=$base" -t "$name" -f "$tmp/context/Dockerfile" "$tmp/context" \
+    >"$tmp/build.log" 2>&1 ||
+    die "buildah bud failed: $(tail -15 "$tmp/build.log") (log: $tmp/build.log)"
+  bah push --quiet "$name" "oci:$tmp/oci:image" >>"$tmp/build.log" 2>&1 ||
+    die "buildah push to an OCI layout failed (log: $tmp/build.log)"
+  mv "$tmp/oci" "$dest"; rm -rf "$tmp"
+  log "built the connector image $key in $((SECONDS - t0))s: $(image_size "$dest")"
+  prune_connectors
+}
+
+# image_size LAYOUT: compressed (what a pull moves) and unpacked size of the layout's image
+image_size() {
+  python3 - "$1" <<'PY'
+import json, sys, gzip, os
+root = sys.argv[1]
+def blob(d): return os.path.join(root, "blobs", *d.split(":"))
+index = json.load(open(os.path.join(root, "index.json")))
+manifest = json.load(open(blob(index["manifests"][0]["digest"])))
+packed = sum(l["size"] for l in manifest["layers"])
+unpacked = 0
+for l in manifest["layers"]:
+    with gzip.open(blob(l["digest"])) as f:
+        while chunk := f.read(1 << 20):
+            unpacked += len(chunk)
+print(f"{packed / 1e6:.0f} MB compressed, {unpacked / 1e6:.0f} MB unpacked, {len(manifest['layers'])} layers")
+PY
+}
+
+# Keep the newest CONNECTOR_KEEP connector layouts; buildah's storage is emptied when it passes
+# 8 GB (its layer cache is rebuilt by the next build).
+prune_connectors() {
+  local old
+  for old in $(ls -1dt "$IMAGES"/nim-agent-* 2>/dev/null | tail -n +"$((CONNECTOR_KEEP + 1))"); do
+    rm -rf "$old"
+  done
+  if [ "$(du -sm "$BUILDAH_STORE" 2>/dev/null | cut -f1)" -gt 8000 ]; then
+    log "buildah's storage passed 8 GB: emptying it"
+    bah rmi --all --force >/dev/null 2>&1 || true
+  fi
+}
+
+# The connector image: build unless cached, push when the registry runs, record its reference.
+connector() {
+  mkdir -p "$IMAGES"
+  exec 8>"$IMAGES/.lock"
+  flock 8
+  build_connector
+  flock -u 8
+  local key ref; key=$(key_connector); ref=$(ref_connector)
+  if curl -fsS -o /dev/null "http://$REGISTRY/v2/" 2>/dev/null; then
+    push_one nim-agent "$key" "$ref"
+  else
+    log "no registry on $REGISTRY: $ref is pushed when the real node starts (make cluster-up)"
+  fi
+  mkdir -p "$STATE"
+  { grep -v '^NIM_AGENT_IMAGE=' "$STATE/images.env" 2>/dev/null || true; echo "NIM_AGENT_IMAGE=$ref"; } \
+    >"$STATE/images.env.tmp"
+  mv "$STATE/images.env.tmp" "$STATE/images.env"
+  log "NIM_AGENT_IMAGE=$ref (${STATE#"$ROOT/"}/images.env)"
+}
+
 build_all() {
   "$ROOT/devcluster/apt.sh" mmdebstrap umoci skopeo catatonit curl
   mkdir -p "$IMAGES"
@@ -186,6 +387,9 @@ push_all() {
   push_one python "$(key_python)" "$(ref_python)"
   push_one nim-standin "$(key_standin)" "$(ref_standin)"
   push_one hf-hub "$(key_hub)" "$(ref_hub)"
+  # The connector image only when `make image` built it for this checkout.
+  local key; key=$(key_connector)
+  if [ -d "$(layout nim-agent "$key")" ]; then push_one nim-agent "$key" "$(ref_connector)"; fi
 }
 
 print_env() {
@@ -194,11 +398,14 @@ print_env() {
   echo "PYTHON_BASE_IMAGE=$(ref_python)"
   echo "NIM_STANDIN_IMAGE=$(ref_standin)"
   echo "HF_HUB_IMAGE=$(ref_hub)"
+  local key; key=$(key_connector)
+  if [ -d "$(layout nim-agent "$key")" ]; then echo "NIM_AGENT_IMAGE=$(ref_connector)"; fi
 }
 
 case "${1:-}" in
   build) build_all ;;
   push) build_all; push_all ;;
   env) print_env ;;
-  *) echo "usage: $0 build | push | env" >&2; exit 2 ;;
+  connector) connector ;;
+  *) echo "usage: $0 build | push | env | connector" >&2; exit 2 ;;
 esac

@@ -121,7 +121,7 @@ our_pid() {
   local f="$RN/pids/$1.pid" pid
   [ -f "$f" ] || return 1
   pid=$(cat "$f")
-  [ -n "$pid" ] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$2" || return 1
+  [ -n "$pid" ] && tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$2" || return 1
   echo "$pid"
 }
 
@@ -663,6 +663,9 @@ write_images_env() {
     echo "HF_ENDPOINT=$hub_url"
     echo "HF_FIXTURE_REPO=$HF_FIXTURE_REPO"
     echo "HF_FIXTURE_PRIVATE_REPO=$HF_FIXTURE_PRIVATE_REPO"
+    echo "HF_FIXTURE_NEMO_REPO=standin/llama3-8b-lora-nemo"
+    echo "HF_FIXTURE_SERIES=standin/llama3-8b-lora-eval-"
+    echo "HF_FIXTURE_SERIES_COUNT=12"
     echo "HF_FIXTURE_TOKEN_SECRET=hf-fixture-token"
     echo "HF_FIXTURE_TOKEN_SECRET_NAMESPACE=$HUB_NAMESPACE"
     echo "HF_FIXTURE_TOKEN=$HF_TOKEN_VALUE"

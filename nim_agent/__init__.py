@@ -5,7 +5,8 @@
 `NIM` and `NIMSecrets` describe a deployment (and, as in the older sidecar plugin, give a
 flytekit PodTemplate through `NIM(...).pod_template`); `NIMTask` makes it a Flyte task of type
 "nim" whose output `endpoint` is the server's in-cluster URL (with `typed_endpoint=True`, a
-`NIMEndpoint`: base URL, OpenAI /v1 URL, served model id, adapter ids).
+`NIMEndpoint`: base URL, OpenAI /v1 URL, served model id, adapter ids); with `reuse=True` (or
+a `Reuse`) executions of the same serving configuration share one warm server.
 
 Importing this package stays light: the configuration classes need only the standard library.
 `NIMTask` and `PodTemplate` load flytekit the first time they are used; the Kubernetes client
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem
+from nim_agent.config import NIM, ConfigError, NIMSecrets, Problem, Reuse
 from nim_agent.contract import NIMEndpoint
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ __all__ = [
     "NIMTeardownTask",
     "PodTemplate",
     "Problem",
+    "Reuse",
     "__version__",
 ]
 

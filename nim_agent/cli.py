@@ -298,14 +298,21 @@ async def _report_health(servicer: Any, background: Any) -> None:
 def _add_list(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "list",
-        help="list NIM deployments with phase, age, endpoint and expiry",
-        description="List the NIM deployments nim-agent made (kubeconfig or in-cluster access).",
+        help="list NIM deployments with phase, age, expiry, holders, idle time and adapters",
+        description="List the NIM deployments nim-agent made (kubeconfig or in-cluster access). "
+        "Shared servers (NIMTask(reuse=...)) show their live holders, how long they have been "
+        "idle (and when they stop), and the adapters they serve; --holders lists each holder.",
     )
     where = p.add_mutually_exclusive_group()
     where.add_argument(
         "-n", "--namespace", help="this namespace (default: the kubeconfig's current namespace)"
     )
     where.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    p.add_argument(
+        "--holders",
+        action="store_true",
+        help="also one line per holder of each shared server: since, until, adapters",
+    )
     p.set_defaults(handler=_list)
 
 
@@ -317,10 +324,16 @@ def _list(args: argparse.Namespace) -> int:
         endpoint_of,
         expires_at,
         format_duration,
+        format_time,
+        holder_records,
+        is_shared,
         parse_time,
+        requested_adapters,
         stop_record,
+        wanted_adapters,
     )
     from nim_agent.kube import KubeError
+    from nim_agent.sharing import idle_deadline, idle_since, live_holders
     from nim_agent.status import classify, policy_for
 
     settings = _load_settings()
@@ -332,7 +345,21 @@ def _list(args: argparse.Namespace) -> int:
         return 1
     now = datetime.now(UTC)
     base = settings.status_policy()
-    rows = [("NAMESPACE", "NAME", "PHASE", "REASON", "AGE", "EXPIRES IN", "ENDPOINT")]
+    rows = [
+        (
+            "NAMESPACE",
+            "NAME",
+            "PHASE",
+            "REASON",
+            "AGE",
+            "EXPIRES IN",
+            "HOLDERS",
+            "IDLE",
+            "ADAPTERS",
+            "ENDPOINT",
+        )
+    ]
+    holder_rows = []
     for pod in sorted(pods, key=lambda p: (p["metadata"]["namespace"], p["metadata"]["name"])):
         meta = pod.get("metadata") or {}
         endpoint = endpoint_of(pod)
@@ -341,6 +368,26 @@ def _list(args: argparse.Namespace) -> int:
         created = parse_time(meta.get("creationTimestamp"))
         expiry = expires_at(pod)
         left = "-" if expiry is None or record else format_duration(expiry - now, exact=False)
+        holders, idle = "-", "-"
+        adapters = list(requested_adapters(pod))
+        if is_shared(pod):
+            live = live_holders(pod, now)
+            holders = str(len(live))
+            adapters = sorted(wanted_adapters(meta.get("annotations") or {}))
+            since, deadline = idle_since(pod, now), idle_deadline(pod, now)
+            if since is not None and record is None:
+                idle = format_duration(now - since, exact=False)
+                if deadline is not None:
+                    idle += f" (stops in {format_duration(deadline - now, exact=False)})"
+            endpoint = f"{len(holder_records(pod))} holder endpoints (--holders)"
+            for name, h in sorted(holder_records(pod).items(), key=lambda x: x[1].since):
+                state = "live" if name in live else f"ended ({h.ended_by or 'ttl'})"
+                holder_rows.append(
+                    f"  {meta.get('namespace')}/{meta.get('name')}: holder {name} {state}, "
+                    f"since {format_time(h.since)}, until {format_time(h.until)}, "
+                    f"{'served' if h.served else 'not served yet'}, adapters "
+                    f"{', '.join(h.adapters) or 'none'}"
+                )
         rows.append(
             (
                 str(meta.get("namespace")),
@@ -351,6 +398,9 @@ def _list(args: argparse.Namespace) -> int:
                 else result.reason.value,
                 "-" if created is None else format_duration(now - created, exact=False),
                 left,
+                holders,
+                idle,
+                ",".join(adapters) or "-",
                 endpoint,
             )
         )
@@ -361,6 +411,9 @@ def _list(args: argparse.Namespace) -> int:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    if args.holders and holder_rows:
+        print("Holders of shared servers:")
+        print("\n".join(holder_rows))
     return 0
 
 

@@ -29,6 +29,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from nim_agent.checks import (
@@ -59,9 +60,11 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_IMAGE",
     "NIM",
+    "REUSE_SCOPES",
     "ConfigError",
     "NIMSecrets",
     "Problem",
+    "Reuse",
 ]
 
 DEFAULT_IMAGE = "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0"
@@ -664,3 +667,68 @@ def _string_map_problems(name: str, value: object, check_value: Any) -> list[Pro
 _PLACEHOLDER_SECRETS = NIMSecrets(
     ngc_image_secret="placeholder", ngc_secret_key="key", secrets_prefix=""
 )
+
+
+# --------------------------------------------------------------------------- Reuse
+
+# "namespace": executions of the same namespace share; "project-domain": only executions of the
+# same Flyte project and domain (a namespace several project-domains map to stays divided).
+REUSE_SCOPES = ("namespace", "project-domain")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Reuse:
+    """Share one warm NIM server between executions (`NIMTask(..., reuse=Reuse(...))`).
+
+    Executions whose serving configuration is the same (everything of the `NIM` but its
+    adapters) attach to one running server instead of each starting its own; each adds its
+    adapters to it. The server stops `idle_ttl` after its last holder is done (released by a
+    teardown or an abort, or past its own ttl), and at the latest when the connector's
+    `reuse_max_ttl` has passed. `reuse=True` is `Reuse()`.
+
+    Example::
+
+        NIMTask(name="eval", nim=NIM(...), reuse=Reuse(scope="project-domain",
+                                                      idle_ttl=timedelta(minutes=20)))
+    """
+
+    scope: str = "namespace"
+    """Who shares: "namespace" (any execution in the namespace) or "project-domain" (only
+    executions of the same Flyte project and domain)."""
+    idle_ttl: timedelta | None = None
+    """How long the server stays warm after its last holder is done; None: the connector's
+    `reuse_idle_ttl` setting (15 minutes unless the operator changed it)."""
+
+    def __post_init__(self) -> None:
+        problems = Problems()
+        if self.scope not in REUSE_SCOPES:
+            problems.add(
+                "reuse.scope",
+                f"{show(self.scope)} is not one of {', '.join(REUSE_SCOPES)}"
+                f"{closest(str(self.scope), REUSE_SCOPES)}",
+            )
+        idle: object = self.idle_ttl
+        if idle is not None and (not isinstance(idle, timedelta) or idle <= timedelta(0)):
+            problems.add(
+                "reuse.idle_ttl",
+                f"{show(idle)} is not a positive timedelta; use e.g. timedelta(minutes=15)",
+            )
+        if problems:
+            raise ConfigError(problems, "the reuse settings")
+
+    @classmethod
+    def of(cls, value: object) -> Reuse | None:
+        """`reuse=` as NIMTask takes it: True (defaults), False or None (no sharing), a Reuse."""
+        if value is None or value is False:
+            return None
+        if value is True:
+            return cls()
+        if isinstance(value, Reuse):
+            return value
+        raise ConfigError(
+            [
+                Problem(
+                    "reuse", f"{show(value)} is not True, False or Reuse(scope=..., idle_ttl=...)"
+                )
+            ]
+        )

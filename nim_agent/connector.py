@@ -16,6 +16,12 @@ A task's inputs are its LoRA adapters (`NIMTask(inputs=...)`): each FlyteDirecto
 adapter named after the input, each ``dict[str, FlyteDirectory]`` input one adapter per key; the
 pod downloads them from their object-store URIs (`render`'s ``lora-inputs`` container).
 
+A task with ``reuse`` attaches to its configuration's shared server (`nim_agent.sharing`):
+CreateTask creates it (one write; racing creates meet on its deterministic name) or adds this
+execution's holder record to it (one merge patch), GetTask answers for this holder (SUCCEEDED
+once the server lists this execution's adapters), DeleteTask and the teardown task release the
+holder (the server keeps serving the others; the reaper stops it once idle).
+
 Everything the connector needs to answer later is in the self-contained ``NIMMetadata`` or on the
 pod itself, so a restarted connector (or another replica) answers for deployments it did not
 create. A task the connector cannot run (bad config, namespace not allowed, rejected by
@@ -31,12 +37,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
+import time
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, fields
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from flyteidl.core.execution_pb2 import TaskExecution, TaskLog
@@ -58,15 +66,25 @@ from nim_agent.checks import (
 )
 from nim_agent.contract import (
     ABORT,
+    ANNOTATION_SERVED_AT,
+    ANNOTATION_SERVED_MODEL,
     FAILURE,
+    IDENTITY_PARTS,
+    LABEL_DEPLOYMENT,
+    LABEL_HOLDER,
     LABEL_PREFIX,
     NIM_CONTAINER,
     TEARDOWN,
     TTL,
+    HolderRecord,
+    NIMEndpoint,
     deletion_cause,
     deployment_of_endpoint,
     format_duration,
+    holder_key,
+    holder_records,
     is_ours,
+    parse_time,
     same_deployment,
     served_at,
     stop_record,
@@ -74,12 +92,24 @@ from nim_agent.contract import (
 from nim_agent.render import (
     DeploymentIdentity,
     ExecutionIdentity,
+    SharedServer,
     namespace_for,
     render_pod,
+    service_for_holder,
     service_for_pod,
+    shared_deployment_name,
 )
 from nim_agent.settings import ConnectorSettings
-from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, from_custom
+from nim_agent.sharing import (
+    MAX_GENERATIONS,
+    conflicts,
+    holder_adapters,
+    holder_view,
+    served_input_name,
+    share_key,
+    unusable,
+)
+from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, NIMTaskSpec, from_custom
 from nim_agent.status import (
     Classification,
     Phase,
@@ -100,7 +130,7 @@ if TYPE_CHECKING:
     from nim_agent.serving import ModelsProbe
     from nim_agent.watch import PodCache
 
-__all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector", "adapters_of"]
+__all__ = ["NIMConnector", "NIMMetadata", "NIMTeardownConnector", "adapters_of", "release_holder"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -147,6 +177,14 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
     """Set when create refused the task; get reports FAILED with it."""
     typed: bool = False
     """The task's output is a NIMEndpoint (NIMTask(typed_endpoint=True)), not the URL string."""
+    shared: str = ""
+    """A holder of a shared server (NIMTask(reuse=...)): the server's Pod name; ``name`` is then
+    the holder's (its record on the pod, its Service)."""
+
+    @property
+    def pod_name(self) -> str:
+        """The Pod this task follows: its own, or the shared server it holds."""
+        return self.shared or self.name
 
     @classmethod
     def decode(cls, data: bytes) -> NIMMetadata:
@@ -171,6 +209,7 @@ class NIMMetadata(ResourceMeta):  # type: ignore[misc]
             if not meta.error and (
                 (problem := check_dns_label(meta.namespace))
                 or (problem := check_dns_subdomain(meta.name))
+                or (meta.shared and (problem := check_dns_subdomain(meta.shared)))
             ):
                 raise ValueError(problem)
         except (ValueError, UnicodeDecodeError, TypeError) as exc:
@@ -194,6 +233,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         # Pods verified serving by this process, by uid: the annotations written on them, so the
         # answer holds before the watch cache shows them (or if writing them failed).
         self._served: OrderedDict[str, dict[str, str]] = OrderedDict()
+        # Holders waiting for adapters: when this process last read the adapter-sync log.
+        self._sync_log_reads: dict[tuple[str, str], float] = {}
 
     # -- configuration --------------------------------------------------------------------
 
@@ -270,6 +311,12 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             )
         expires = datetime.now(UTC) + ttl
         task_name = task_template.id.name or "nim"
+        if spec.reuse is not None and settings.allow_reuse:
+            interface = getattr(task_template, "interface", None)
+            takes_inputs = bool(getattr(interface, "inputs", None))
+            return await self._attach(
+                spec, execution, namespace, adapter_uris, ttl, task_name, takes_inputs
+            )
         identity = (
             DeploymentIdentity.for_execution(
                 execution, namespace, task_name=task_name, expires_at=expires
@@ -311,6 +358,170 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         # first finds the server ready (see _ensure_service), so CreateTask is one API write.
         return meta
 
+    async def _attach(
+        self,
+        spec: NIMTaskSpec,
+        execution: ExecutionIdentity | None,
+        namespace: str,
+        adapter_uris: dict[str, str],
+        ttl: timedelta,
+        task_name: str,
+        takes_inputs: bool,
+    ) -> NIMMetadata:
+        """CreateTask with reuse: create the configuration's shared server with this execution
+        as its first holder, or add this execution's holder record to the running one."""
+        from nim_agent import metrics
+        from nim_agent.kube import AlreadyExists, Forbidden, Invalid, NotFound
+
+        settings = self.settings
+        assert spec.reuse is not None
+        nim, reuse = spec.nim, spec.reuse
+        now = datetime.now(UTC)
+        lifetime = settings.shared_lifetime
+        if ttl > lifetime:
+            return NIMMetadata(
+                error=f"Invalid NIM task configuration: ttl: {format_duration(ttl)} is longer "
+                f"than a shared server lives (the connector's reuse_max_ttl, "
+                f"{format_duration(lifetime)}); shorten ttl or run without reuse"
+            )
+        served_uris = {served_input_name(n, u): u for n, u in adapter_uris.items()}
+        try:
+            key = share_key(
+                nim,
+                settings,
+                namespace=namespace,
+                reuse=reuse,
+                project=execution.project if execution else "",
+                domain=execution.domain if execution else "",
+                inputs=takes_inputs,
+            )
+        except ConfigError as exc:
+            return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
+        holder = (
+            DeploymentIdentity.for_execution(execution, namespace, task_name=task_name)
+            if execution is not None
+            else DeploymentIdentity.for_local(task_name, namespace)
+        )
+        record = HolderRecord(
+            since=now,
+            until=now + ttl,
+            idle_ttl=reuse.idle_ttl or settings.reuse_idle_ttl,
+            adapters=holder_adapters(nim, served_uris),
+            execution=(
+                {part: getattr(execution, part) for part in IDENTITY_PARTS}
+                if execution is not None
+                else {"task": task_name}
+            ),
+        )
+        meta = NIMMetadata(
+            namespace=namespace,
+            name=holder.name,
+            endpoint=holder.endpoint(nim.port),
+            local=execution is None,
+            typed=spec.typed_endpoint,
+        )
+        kube = await self.kube()
+        policy = self.policy
+        for generation in range(MAX_GENERATIONS):
+            name = shared_deployment_name(key, generation, nim.image)
+            where = f"shared NIM server {namespace}/{name}"
+            shared = SharedServer(
+                key=key,
+                generation=generation,
+                scope=reuse.scope,
+                lifetime=lifetime,
+                inputs=takes_inputs,
+            )
+            identity = DeploymentIdentity(
+                name=name, namespace=namespace, task_name=task_name, expires_at=now + lifetime
+            )
+            try:
+                pod = render_pod(nim, identity, settings, served_uris, shared=shared)
+            except ConfigError as exc:
+                return NIMMetadata(error=f"Invalid NIM task configuration: {exc}")
+            pod["metadata"]["annotations"][holder_key(holder.name)] = record.to_annotation()
+            try:
+                await kube.create_pod(namespace, pod)
+            except AlreadyExists:
+                pass
+            except NotFound:
+                return _refused(meta, f"namespace {namespace!r} does not exist")
+            except (Forbidden, Invalid) as exc:
+                return _refused(meta, f"Kubernetes refused {where}: {exc.message}")
+            else:
+                metrics.DEPLOYMENTS_CREATED.inc()
+                metrics.ATTACHES.labels("created").inc()
+                log.info("created %s for %s", where, _describe(execution, task_name))
+                return self._following(dataclasses.replace(meta, shared=name))
+            existing = await self._lookup(kube, namespace, name)
+            if existing is None:  # gone meanwhile (its retention ended): take the name again
+                existing = await self._create_or_read(kube, namespace, pod)
+                if existing is pod:
+                    metrics.DEPLOYMENTS_CREATED.inc()
+                    metrics.ATTACHES.labels("created").inc()
+                    return self._following(dataclasses.replace(meta, shared=name))
+                if existing is None:
+                    continue
+            if holder.name in holder_records(existing):  # a retried CreateTask
+                return self._following(dataclasses.replace(meta, shared=name))
+            why = unusable(existing, key=key, now=now, ttl=ttl, policy=policy)
+            if why is not None:
+                log.info("%s cannot take %s: %s", where, holder.name, why)
+                continue
+            clash = conflicts(existing, record.adapters)
+            if clash:
+                return _refused(meta, f"{where}: {'; '.join(clash)}")
+            try:
+                patched = await kube.patch_pod_annotations(
+                    namespace, name, {holder_key(holder.name): record.to_annotation()}
+                )
+            except NotFound:
+                continue
+            why = unusable(patched, key=key, now=datetime.now(UTC), ttl=ttl, policy=policy)
+            if why is not None:  # stopped between our look and our patch
+                log.info("%s cannot take %s: %s", where, holder.name, why)
+                continue
+            warm = served_at(patched) is not None
+            metrics.ATTACHES.labels("serving" if warm else "starting").inc()
+            metrics.COLD_STARTS_AVOIDED.inc()
+            log.info(
+                "%s attached to %s (%s)",
+                _describe(execution, task_name),
+                where,
+                "serving" if warm else "still starting",
+            )
+            return self._following(dataclasses.replace(meta, shared=name))
+        return _refused(
+            meta,
+            f"none of the {MAX_GENERATIONS} names of this configuration's shared server can "
+            "take it (stopped or failing servers keep their names for the stopped retention)",
+        )
+
+    def _following(self, meta: NIMMetadata) -> NIMMetadata:
+        if not meta.local:
+            self._cache(meta)  # start following it (server side) right away
+        return meta
+
+    async def _lookup(self, kube: Kube, namespace: str, name: str) -> Json | None:
+        """A pod of ours: from the watch cache when it knows, else from the API server."""
+        cache = None if self._background is None else self._background.cache
+        if cache is not None:
+            known, pod = cache.lookup(namespace, name)
+            if known and pod is not None:
+                return pod
+        pod = await kube.get_pod(namespace, name)
+        return pod if is_ours(pod) else None
+
+    async def _create_or_read(self, kube: Kube, namespace: str, pod: Json) -> Json | None:
+        """Create ``pod``; ``pod`` itself when made, else the pod of that name now (or None)."""
+        from nim_agent.kube import AlreadyExists
+
+        try:
+            await kube.create_pod(namespace, pod)
+        except AlreadyExists:
+            return await self._lookup(kube, namespace, str(pod["metadata"]["name"]))
+        return pod
+
     async def _ensure_service(self, kube: Kube, meta: NIMMetadata, pod: Json) -> None:
         """Create the deployment's Service (owned by ``pod``) unless this process made it already.
 
@@ -323,7 +534,16 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         key = (meta.namespace, meta.name)
         if key in self._services:
             return
-        service = service_for_pod(pod)
+        if meta.shared:
+            record = holder_records(pod).get(meta.name)
+            service = service_for_holder(
+                pod,
+                meta.name,
+                execution=_execution_from(record.execution if record else {}),
+                task_name=str((record.execution if record else {}).get("task") or "") or None,
+            )
+        else:
+            service = service_for_pod(pod)
         with contextlib.suppress(AlreadyExists):
             await kube.create_service(meta.namespace, service)
         self._services.add(key)
@@ -357,12 +577,35 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
     async def _get(self, meta: NIMMetadata) -> Resource:
         kube = await self.kube()
-        pod = self._with_served(await self._read_pod(kube, meta))
         now = datetime.now(UTC)
+        pod = await self._read_pod(kube, meta)
+        if meta.shared and pod is not None and meta.name not in holder_records(pod):
+            # The watch cache may not show a record written a moment ago (this execution's
+            # attach): ask the API server before telling a holder it holds nothing.
+            fresh = await kube.get_pod(meta.namespace, meta.pod_name)
+            pod = fresh if is_ours(fresh) else None
+        pod = self._with_served(pod, meta)
+        real = pod
+        since = None
+        if meta.shared and pod is not None:
+            view = holder_view(pod, meta.name, endpoint=meta.endpoint, now=now)
+            if view.verdict is not None:
+                verdict = view.verdict
+                outputs = None
+                if verdict.phase is Phase.SUCCEEDED:
+                    outputs = {"endpoint": self._holder_output(meta, pod, view.record)}
+                return Resource(
+                    phase=flyte_phase(verdict.phase),
+                    message=verdict.message,
+                    log_links=self._log_links(meta),
+                    outputs=outputs,
+                )
+            pod = view.pod
+            since = view.record.since if view.record is not None else None
         cause = deletion_cause(pod)
         policy = policy_for(pod, self.policy)
         events: list[Json] = []
-        check = None if self.settings.serving_check == "off" else ServingCheck()
+        check = None if self.settings.serving_check == "off" else ServingCheck(since=since)
 
         def classified(log_tail: str | None = None) -> Classification:
             return classify(
@@ -384,17 +627,24 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             failure = await self._service_problem(kube, meta, pod)
             if failure is not None:
                 return failure
-            reply = await self._models_probe(kube).models(kube, pod)
-            check = ServingCheck(reply=reply, asked=True)
+            from nim_agent.serving import HOLDER_MIN_INTERVAL, MIN_INTERVAL
+
+            reply = await self._models_probe(kube).models(
+                kube,
+                pod,
+                not_before=since,
+                max_age=HOLDER_MIN_INTERVAL if meta.shared else MIN_INTERVAL,
+            )
+            check = ServingCheck(reply=reply, asked=True, since=since)
             result = classified()
         if pod is not None and _wants_events(result):
-            events = await _best_effort(kube.pod_events(meta.namespace, meta.name), [], meta)
+            events = await _best_effort(kube.pod_events(meta.namespace, meta.pod_name), [], meta)
             result = classified()
         if pod is not None and result.log_request is not None:
             tail = await _best_effort(
                 kube.pod_log_tail(
                     meta.namespace,
-                    meta.name,
+                    meta.pod_name,
                     container=result.log_request.container,
                     previous=result.log_request.previous,
                     lines=result.log_request.lines,
@@ -404,12 +654,25 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             )
             if tail:
                 result = classified(tail)
+        if (
+            pod is not None
+            and meta.shared
+            and result.reason is Reason.VERIFYING_SERVING
+            and since is not None
+        ):
+            failed = await self._adapter_sync_errors(kube, meta, pod, now - since)
+            if failed is not None:
+                return failed
         if pod is not None and result.phase is Phase.SUCCEEDED and stop_record(pod) is None:
-            failure = await self._service_problem(kube, meta, pod)
+            # The Service before the endpoint is handed out, and the first success recorded on
+            # the pod: two writes on the first SUCCEEDED only, sent together.
+            writes = [self._service_problem(kube, meta, pod)]
+            if result.served and real is not None:
+                # A holder's view is not the pod: its record is written on the shared pod.
+                writes.append(self._record_served(kube, meta, real, result.served))
+            failure = (await asyncio.gather(*writes))[0]
             if failure is not None:
                 return failure
-            if result.served:
-                await self._record_served(kube, meta, pod, result.served)
         await self._after(kube, meta, pod, result, now)
         return Resource(
             phase=flyte_phase(result.phase),
@@ -418,6 +681,52 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             outputs=result.outputs,
             # The reason too: the short token a person (and a test) reads the verdict by.
             custom_info={**result.custom_info, "reason": result.reason.value},
+        )
+
+    def _holder_output(self, meta: NIMMetadata, pod: Json, record: HolderRecord | None) -> Any:
+        if not meta.typed:
+            return meta.endpoint
+        adapters = list(record.adapters) if record is not None else []
+        model = (record.served_model if record is not None else "") or ""
+        return NIMEndpoint.of(meta.endpoint, model, adapters)
+
+    async def _adapter_sync_errors(
+        self, kube: Kube, meta: NIMMetadata, pod: Json, waited: timedelta
+    ) -> Resource | None:
+        """A holder whose adapters the shared server does not list yet: when the adapter-sync
+        sidecar has logged that it failed to add one of them, FAILED with its words (without
+        waiting for the serving window). The log is read at most every few seconds."""
+        from nim_agent.contract import ADAPTER_SYNC_CONTAINER, requested_adapters
+
+        adapters = requested_adapters(pod)
+        if not adapters or waited < _SYNC_LOG_GRACE:
+            return None
+        key = (meta.namespace, meta.name)
+        last = self._sync_log_reads.get(key)
+        if last is not None and time.monotonic() - last < _SYNC_LOG_EVERY_S:
+            return None
+        self._sync_log_reads[key] = time.monotonic()
+        while len(self._sync_log_reads) > 10_000:
+            self._sync_log_reads.pop(next(iter(self._sync_log_reads)))
+        tail = await _best_effort(
+            kube.pod_log_tail(
+                meta.namespace, meta.pod_name, container=ADAPTER_SYNC_CONTAINER, lines=500
+            ),
+            None,
+            meta,
+        )
+        errors = [
+            line.strip()
+            for line in (tail or "").splitlines()
+            if any(f"adapter-sync: ERROR {name}:" in line for name in adapters)
+        ]
+        if not errors:
+            return None
+        return Resource(
+            phase=TaskExecution.FAILED,
+            message=f"The shared NIM server {meta.namespace}/{meta.pod_name} could not add this "
+            f"execution's adapters (its adapter-sync sidecar said):\n" + "\n".join(errors[-5:]),
+            log_links=self._log_links(meta),
         )
 
     def _models_probe(self, kube: Kube) -> ModelsProbe:
@@ -431,31 +740,53 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             log.info("verifying NIM servers with GET /v1/models, route %s", route)
         return self._probe
 
-    def _with_served(self, pod: Json | None) -> Json | None:
+    def _with_served(self, pod: Json | None, meta: NIMMetadata) -> Json | None:
         """The pod with the served annotations this process wrote (or tried to) on it, when it
-        does not show them yet."""
+        does not show them yet (a holder's: its record marked served)."""
         uid = str(((pod or {}).get("metadata") or {}).get("uid") or "")
-        served = self._served.get(uid)
-        if pod is None or served is None or served_at(pod) is not None:
+        served = self._served.get(_served_key(uid, meta))
+        if pod is None or served is None:
             return pod
-        meta = dict(pod.get("metadata") or {})
-        meta["annotations"] = {**(meta.get("annotations") or {}), **served}
-        return {**pod, "metadata": meta}
+        annotations = (pod.get("metadata") or {}).get("annotations") or {}
+        if meta.shared:
+            record = holder_records(pod).get(meta.name)
+            if record is not None and record.served is not None:
+                return pod
+        elif served_at(pod) is not None:
+            return pod
+        first = (ANNOTATION_SERVED_AT, ANNOTATION_SERVED_MODEL)  # never moved once written
+        missing = {k: v for k, v in served.items() if not (k in first and k in annotations)}
+        pod_meta = dict(pod.get("metadata") or {})
+        pod_meta["annotations"] = {**annotations, **missing}
+        return {**pod, "metadata": pod_meta}
 
     async def _record_served(
         self, kube: Kube, meta: NIMMetadata, pod: Json, served: dict[str, str]
     ) -> None:
-        """Write the first verification on the pod (one merge patch); remember it meanwhile."""
+        """Write the first verification on the pod (one merge patch); remember it meanwhile.
+        A holder's: its record marked served, and the shared server's own served-at the first
+        time (``pod`` is then the shared pod itself, not the holder's view of it)."""
         from nim_agent.kube import KubeError
 
         uid = str((pod.get("metadata") or {}).get("uid") or "")
-        self._served[uid] = dict(served)
+        if meta.shared:
+            # This holder's record marked served; the server's own served-at the first time.
+            record = holder_records(pod).get(meta.name)
+            when = parse_time(served.get(ANNOTATION_SERVED_AT)) or datetime.now(UTC)
+            model = served.get(ANNOTATION_SERVED_MODEL, "")
+            patch = {} if served_at(pod) is not None else dict(served)
+            if record is not None:
+                marked = dataclasses.replace(record, served=when, served_model=model)
+                patch[holder_key(meta.name)] = marked.to_annotation()
+            served = patch
+        else:
+            if self._probe is not None:
+                self._probe.forget(uid)
+        self._served[_served_key(uid, meta)] = dict(served)
         while len(self._served) > 10_000:
             self._served.popitem(last=False)
-        if self._probe is not None:
-            self._probe.forget(uid)
         try:
-            await kube.patch_pod_annotations(meta.namespace, meta.name, served)
+            await kube.patch_pod_annotations(meta.namespace, meta.pod_name, served)
         except KubeError as exc:
             log.warning(
                 "NIM server %s/%s serves, but recording it on the pod failed: %s",
@@ -488,11 +819,11 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     async def _read_pod(self, kube: Kube, meta: NIMMetadata) -> Json | None:
         cache = self._cache(meta)
         if cache is not None:
-            known, pod = cache.lookup(meta.namespace, meta.name)
+            known, pod = cache.lookup(meta.namespace, meta.pod_name)
             if known and pod is not None:
                 return pod
         # Not in the cache (just created, namespace not watched, watch down): ask the server.
-        pod = await kube.get_pod(meta.namespace, meta.name)
+        pod = await kube.get_pod(meta.namespace, meta.pod_name)
         # resource_meta arrives over gRPC: a forged one must not read out a pod that is not ours.
         return pod if is_ours(pod) else None
 
@@ -514,7 +845,11 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             return
         if result.phase not in (Phase.FAILED, Phase.RETRYABLE_FAILED) or pod is None:
             return
-        metrics.count_failure(uid, result.reason.value)
+        metrics.count_failure(_served_key(uid, meta), result.reason.value)
+        if meta.shared:
+            # A holder's failure (its adapters) is not the server's: the others keep it. A
+            # failing server is stopped by the cleanup sweep, which sees the pod itself.
+            return
         if (
             stop_record(pod) is not None
             or deletion_cause(pod)
@@ -559,6 +894,9 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
 
         kube = await Kube.connect()  # this loop is short-lived: its own client, closed after
         try:
+            if meta.shared:
+                await release_holder(kube, meta.namespace, meta.shared, meta.name, by=ABORT)
+                return
             pod = await kube.get_pod(meta.namespace, meta.name)
             service = None if pod is not None else await kube.get_service(meta.namespace, meta.name)
             found = pod if pod is not None else service
@@ -602,6 +940,10 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
         kube = await self.kube()
         pod = await kube.get_pod(namespace, name)
         if pod is None:
+            service = await kube.get_service(namespace, name)
+            labels = ((service or {}).get("metadata") or {}).get("labels") or {}
+            if is_ours(service) and labels.get(LABEL_HOLDER) == name:
+                return await self._release_by_teardown(kube, namespace, name, labels, owner, force)
             return f"NIM deployment {namespace}/{name} was already gone"
         if not is_ours(pod):
             raise PermissionError(
@@ -623,6 +965,62 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             log.warning("teardown of %s/%s (of %s) forced by %s", namespace, name, whose, mine)
         await delete_deployment(kube, namespace, name, cause=TEARDOWN, detail="requested")
         return f"deleted NIM deployment {namespace}/{name}"
+
+    async def _release_by_teardown(
+        self,
+        kube: Kube,
+        namespace: str,
+        name: str,
+        labels: Mapping[str, str],
+        owner: tuple[str, str] | None,
+        force: bool,
+    ) -> str:
+        """Teardown of a holder's endpoint: release that holder of its shared server."""
+        shared = str(labels.get(LABEL_DEPLOYMENT) or "")
+        belongs = (
+            labels.get(LABEL_PREFIX + "project", ""),
+            labels.get(LABEL_PREFIX + "domain", ""),
+        )
+        if owner is not None and belongs != owner:
+            whose = "/".join(belongs) if any(belongs) else "a local run"
+            mine = "/".join(owner) if any(owner) else "a local run"
+            if not force:
+                raise PermissionError(
+                    f"NIM endpoint {namespace}/{name} belongs to {whose}, not to {mine}; not "
+                    "releasing it (NIMTeardownTask(force=True) overrides this)"
+                )
+            log.warning("teardown of %s/%s (of %s) forced by %s", namespace, name, whose, mine)
+        await release_holder(kube, namespace, shared, name, by=TEARDOWN)
+        return (
+            f"released {namespace}/{name} from the shared NIM server {shared} (it keeps serving "
+            "its other holders, and stops once idle)"
+        )
+
+
+async def release_holder(kube: Kube, namespace: str, shared: str, holder: str, *, by: str) -> bool:
+    """End a holder's hold on a shared server: its record marked ended (one merge patch of its own
+    annotation) and its Service deleted. The server keeps serving its other holders; when this
+    was the last, its idle countdown starts. Idempotent: True when a live record was ended."""
+    from nim_agent import metrics
+    from nim_agent.kube import NotFound
+
+    pod = await kube.get_pod(namespace, shared)
+    released = False
+    record = holder_records(pod).get(holder) if is_ours(pod) else None
+    if record is not None and record.ended is None:
+        ended = dataclasses.replace(record, ended=datetime.now(UTC), ended_by=by)
+        with contextlib.suppress(NotFound):
+            await kube.patch_pod_annotations(
+                namespace, shared, {holder_key(holder): ended.to_annotation()}
+            )
+            released = True
+            metrics.RELEASES.labels(by).inc()
+            log.info("released %s/%s from shared NIM server %s (%s)", namespace, holder, shared, by)
+    service = await kube.get_service(namespace, holder)
+    labels = ((service or {}).get("metadata") or {}).get("labels") or {}
+    if is_ours(service) and labels.get(LABEL_HOLDER) == holder:
+        await kube.delete_service(namespace, holder)
+    return released
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -702,6 +1100,30 @@ def adapters_of(inputs: LiteralMap | None) -> dict[str, str]:
     if problems:
         raise ConfigError(problems)
     return found
+
+
+# A holder waiting for adapters the shared server does not list yet: the adapter-sync sidecar's
+# log is read after this long (a hot-add takes seconds), and then at most every few seconds.
+_SYNC_LOG_GRACE = timedelta(seconds=3)
+_SYNC_LOG_EVERY_S = 5.0
+
+
+def _served_key(uid: str, meta: NIMMetadata) -> str:
+    return f"{uid}/{meta.name}" if meta.shared else uid
+
+
+def _execution_from(doc: Mapping[str, Any]) -> ExecutionIdentity | None:
+    """The Flyte identity in a holder record (None for a local run)."""
+    try:
+        return ExecutionIdentity(
+            project=str(doc["project"]),
+            domain=str(doc["domain"]),
+            execution=str(doc["execution"]),
+            node=str(doc["node"]),
+            retry=int(doc.get("retry") or 0),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _describe(execution: ExecutionIdentity | None, task_name: str) -> str:

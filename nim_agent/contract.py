@@ -26,12 +26,30 @@ annotation ``nim-agent.dev/served-at``     RFC 3339 UTC time the deployment was 
 annotation ``nim-agent.dev/served-model``  the base model id ``/v1/models`` listed then
 annotation ``nim-agent.dev/stopped``       JSON `StopRecord`: why and when nim-agent stopped
                                            the server, and the verdict GetTask keeps answering
+label ``nim-agent.dev/share-key``          shared servers (reuse): the hash of the serving
+                                           configuration, namespace and scope (`share_key_of`)
+label ``nim-agent.dev/generation``         shared servers: which of the key's names it is
+label ``nim-agent.dev/holder``             a holder's Service: the holder's name (= Service)
+annotation ``holders.nim-agent.dev/<h>``   shared servers: one per holder `h` (an execution),
+                                           JSON `HolderRecord` (since, until, adapters, ...)
+annotation ``nim-agent.dev/adapters-kept`` shared servers: {name: source} of adapters bound by
+                                           holders that are gone (kept for the server's life)
+annotation ``nim-agent.dev/idle-until``    shared servers: the latest end + idle ttl of the
+                                           holders that are gone (and ``idle-since``: their
+                                           latest end)
+annotation ``nim-agent.dev/reuse``         shared servers: their scope (`namespace`, ...)
 container ``nim``                          the NIM server (`NIM_CONTAINER`)
 init container ``lora-downloader``         Hugging Face adapters into ``$NIM_PEFT_SOURCE/<name>``
 init container ``lora-inputs``             adapters that are task inputs (FlyteDirectory), from
                                            Flyte's object store into ``$NIM_PEFT_SOURCE/<name>``
 init container ``input-downloader``        sidecar form: the task's inputs into ``/shared``
+native sidecar ``adapter-sync``            shared servers: adds the adapters holders ask for
+                                           while the server runs (`nim_agent/adapter_sync.py`)
 =========================================  =====================================================
+
+A shared server (``NIMTask(reuse=...)``) carries no execution identity labels: its holders do, in
+their records and on their Services (one per holder, named like the holder's own deployment,
+selecting the shared pod), so each holder's endpoint URL is its own.
 
 Adapters downloaded onto a cache PVC are kept under ``/opt/nim/.cache/nim-agent/adapters``
 (`ADAPTER_CACHE_PATH`), one folder per Hugging Face revision or object-store URI, and linked into
@@ -51,6 +69,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from nim_agent import adapter_sync as _adapter_sync
 from nim_agent import hf_download as _hf_download
 from nim_agent.checks import show
 
@@ -58,24 +77,35 @@ __all__ = [
     "ABORT",
     "ADAPTER_CACHE_PATH",
     "ADAPTER_INPUTS_CONTAINER",
+    "ADAPTER_SYNC_CONTAINER",
+    "ANNOTATIONS_PATH",
     "ANNOTATION_ADAPTERS",
+    "ANNOTATION_ADAPTERS_KEPT",
     "ANNOTATION_DELETION_CAUSE",
     "ANNOTATION_ENDPOINT",
     "ANNOTATION_EXECUTION_ID",
     "ANNOTATION_EXPIRES_AT",
+    "ANNOTATION_IDLE_SINCE",
+    "ANNOTATION_IDLE_UNTIL",
+    "ANNOTATION_REUSE",
     "ANNOTATION_SERVED_AT",
     "ANNOTATION_SERVED_MODEL",
     "ANNOTATION_STOPPED",
     "APP_NAME",
     "CACHE_PATH",
     "FAILURE",
+    "HOLDER_PREFIX",
     "IDENTITY_PARTS",
+    "IDLE",
     "INPUT_CONTAINER",
     "LABEL_DEPLOYMENT",
+    "LABEL_GENERATION",
+    "LABEL_HOLDER",
     "LABEL_INSTANCE",
     "LABEL_MANAGED_BY",
     "LABEL_NAME",
     "LABEL_PREFIX",
+    "LABEL_SHARE_KEY",
     "LABEL_SIMULATE",
     "LORA_CONTAINER",
     "MANAGED_BY",
@@ -89,9 +119,11 @@ __all__ = [
     "TEARDOWN",
     "TTL",
     "UNHEALTHY",
+    "HolderRecord",
     "NIMEndpoint",
     "StopRecord",
     "adapter_name",
+    "adapter_source_text",
     "adapters_value",
     "deletion_cause",
     "deletion_cause_value",
@@ -101,14 +133,21 @@ __all__ = [
     "expires_at",
     "format_duration",
     "format_time",
+    "holder_key",
+    "holder_records",
     "is_ours",
+    "is_reserved_key",
+    "is_shared",
+    "kept_adapters",
     "parse_duration",
     "parse_time",
     "requested_adapters",
     "same_deployment",
     "served_at",
     "served_model",
+    "share_key_of",
     "stop_record",
+    "wanted_adapters",
 ]
 
 # --------------------------------------------------------------------------- labels, annotations
@@ -138,6 +177,17 @@ ANNOTATION_SERVED_AT = LABEL_PREFIX + "served-at"
 ANNOTATION_SERVED_MODEL = LABEL_PREFIX + "served-model"
 # Why and when nim-agent stopped the server, and the verdict it answers from then on (`StopRecord`).
 ANNOTATION_STOPPED = LABEL_PREFIX + "stopped"
+# Shared servers (NIMTask(reuse=...)). The key and the generation name the server; each holder
+# (an execution attached to it) has one annotation of its own, so that attaching and releasing
+# are one merge patch each, never a read-modify-write of a shared value.
+LABEL_SHARE_KEY = LABEL_PREFIX + "share-key"
+LABEL_GENERATION = LABEL_PREFIX + "generation"
+LABEL_HOLDER = LABEL_PREFIX + "holder"
+HOLDER_PREFIX = _adapter_sync.HOLDER_PREFIX
+ANNOTATION_ADAPTERS_KEPT = _adapter_sync.KEPT_ANNOTATION
+ANNOTATION_IDLE_UNTIL = LABEL_PREFIX + "idle-until"
+ANNOTATION_IDLE_SINCE = LABEL_PREFIX + "idle-since"
+ANNOTATION_REUSE = LABEL_PREFIX + "reuse"
 
 # --------------------------------------------------------------------------- containers, paths
 
@@ -145,6 +195,8 @@ NIM_CONTAINER = "nim"
 LORA_CONTAINER = "lora-downloader"
 ADAPTER_INPUTS_CONTAINER = "lora-inputs"
 INPUT_CONTAINER = "input-downloader"
+ADAPTER_SYNC_CONTAINER = "adapter-sync"
+ANNOTATIONS_PATH = "/etc/nim-agent"  # the adapter-sync sidecar's downward API volume
 CACHE_PATH = "/opt/nim/.cache"
 ADAPTER_CACHE_PATH = CACHE_PATH + "/nim-agent/adapters"
 SHM_PATH = "/dev/shm"
@@ -157,6 +209,24 @@ MODELS_PATH = "/v1/models"  # the NIM lists its base model and its adapters here
 # the adapter under: adapter_name("tloen/alpaca-lora-7b") == "alpaca-lora-7b". Its home is the
 # downloader that runs in the pod (a self-contained program), so the pod and nim-agent agree.
 adapter_name = _hf_download.adapter_name
+
+# {name: source} a shared server must serve, from its annotations: the rule that binds each
+# adapter name to one source for the server's life. Its home is the adapter-sync sidecar's
+# program, so the pod and nim-agent agree.
+wanted_adapters = _adapter_sync.wanted_adapters
+adapter_source_text = _adapter_sync.describe
+
+
+def is_reserved_key(key: str) -> bool:
+    """Whether a label or annotation key is nim-agent's own: in the ``nim-agent.dev/`` prefix or
+    a subdomain of it (``holders.nim-agent.dev/``), bar the local control plane's
+    ``nim-agent.dev/simulate*``. Users may not set them: nim-agent reads them back."""
+    prefix, slash, _ = key.rpartition("/")
+    if not slash:
+        return False
+    if prefix == LABEL_PREFIX.rstrip("/"):
+        return not key.startswith(LABEL_SIMULATE)
+    return prefix.endswith("." + LABEL_PREFIX.rstrip("/"))
 
 
 # --------------------------------------------------------------------------- reading objects
@@ -210,6 +280,39 @@ def requested_adapters(pod: Mapping[str, Any] | None) -> tuple[str, ...]:
     return tuple(n for n in names if isinstance(n, str) and n)
 
 
+def is_shared(pod: Mapping[str, Any] | None) -> bool:
+    """Whether a pod is a shared server (NIMTask(reuse=...)): it carries a share key."""
+    return bool(_metadata(pod, "labels").get(LABEL_SHARE_KEY))
+
+
+def share_key_of(pod: Mapping[str, Any] | None) -> str:
+    """A shared server's share key ("" for a server of one execution)."""
+    value = _metadata(pod, "labels").get(LABEL_SHARE_KEY)
+    return value if isinstance(value, str) else ""
+
+
+def holder_key(holder: str) -> str:
+    """The annotation of holder ``holder``'s record on a shared server."""
+    return HOLDER_PREFIX + holder
+
+
+def holder_records(pod: Mapping[str, Any] | None) -> dict[str, HolderRecord]:
+    """{holder name: record} of a shared server (unreadable records left out)."""
+    found = {}
+    for key, value in _metadata(pod, "annotations").items():
+        if isinstance(key, str) and key.startswith(HOLDER_PREFIX):
+            record = HolderRecord.from_annotation(value)
+            if record is not None:
+                found[key[len(HOLDER_PREFIX) :]] = record
+    return found
+
+
+def kept_adapters(pod: Mapping[str, Any] | None) -> dict[str, dict[str, str]]:
+    """{name: source} of the adapters a shared server keeps from holders that are gone."""
+    raw = _metadata(pod, "annotations").get(ANNOTATION_ADAPTERS_KEPT)
+    return wanted_adapters({ANNOTATION_ADAPTERS_KEPT: raw}) if isinstance(raw, str) else {}
+
+
 def served_at(pod: Mapping[str, Any] | None) -> datetime | None:
     """When the deployment was first verified serving (None: not yet, or unreadable)."""
     return parse_time(_metadata(pod, "annotations").get(ANNOTATION_SERVED_AT))
@@ -232,6 +335,7 @@ UNHEALTHY = "unhealthy"  # stopped: it served, then stayed unready past the unhe
 TEARDOWN = "teardown"  # deleted: the workflow (or an operator) asked for it
 ABORT = "abort"  # deleted: the Flyte execution was aborted
 SUPERSEDED = "superseded"  # deleted: a later attempt of the same Flyte node replaced this one
+IDLE = "idle"  # stopped: a shared server whose last holder ended more than its idle ttl ago
 
 
 def deletion_cause_value(cause: str, detail: str = "") -> str:
@@ -287,6 +391,84 @@ class StopRecord:
 def stop_record(pod: Mapping[str, Any] | None) -> StopRecord | None:
     """The pod's `StopRecord`, or None when nim-agent has not stopped it."""
     return StopRecord.from_annotation(_metadata(pod, "annotations").get(ANNOTATION_STOPPED))
+
+
+@dataclass(frozen=True)
+class HolderRecord:
+    """One holder of a shared server: an execution attached to it, and what it asked for.
+
+    Written on the shared pod as annotation ``holders.nim-agent.dev/<holder>`` (JSON) by one
+    merge patch when the execution attaches (or in the pod itself by the one that creates it),
+    rewritten by the same holder only (served, ended), removed by the cleanup sweep once ended.
+    ``until`` is ``since`` + the task's ttl: a holder whose execution vanished without a teardown
+    or an abort ends then. ``adapters`` are {served name: source}, a source being {"hf": repo id}
+    or {"uri": folder URI} (`nim_agent.adapter_sync`), in the order the task gives them (Hugging
+    Face ones, then task inputs). ``idle_ttl``: how long the server stays
+    warm after this holder ends. ``execution``: the Flyte identity ({project, domain, execution,
+    node, retry}; {"task": name} for a local run).
+    """
+
+    since: datetime
+    until: datetime
+    idle_ttl: timedelta
+    adapters: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    execution: Mapping[str, Any] = field(default_factory=dict)
+    served: datetime | None = None
+    served_model: str = ""
+    ended: datetime | None = None
+    ended_by: str = ""
+
+    def live(self, now: datetime) -> bool:
+        """Whether the holder still holds the server: not released, not past its ttl."""
+        return self.ended is None and now < self.until
+
+    @property
+    def end(self) -> datetime:
+        """When the holder stopped (or stops) holding the server."""
+        return min(self.ended, self.until) if self.ended is not None else self.until
+
+    def to_annotation(self) -> str:
+        doc: dict[str, Any] = {
+            "since": format_time(self.since),
+            "until": format_time(self.until),
+            "idle_ttl": int(self.idle_ttl.total_seconds()),
+            "adapters": [{"name": k, **v} for k, v in self.adapters.items()],
+            "execution": dict(self.execution),
+        }
+        if self.served is not None:
+            doc["served"] = format_time(self.served)
+            doc["served_model"] = self.served_model
+        if self.ended is not None:
+            doc["ended"] = format_time(self.ended)
+            doc["ended_by"] = self.ended_by
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_annotation(cls, text: object) -> HolderRecord | None:
+        """The record written by `to_annotation`; None when absent or unreadable."""
+        try:
+            doc = json.loads(text) if isinstance(text, str) else None
+        except ValueError:
+            return None
+        if not isinstance(doc, dict):
+            return None
+        since, until = parse_time(doc.get("since")), parse_time(doc.get("until"))
+        idle = doc.get("idle_ttl")
+        if since is None or until is None or not isinstance(idle, int) or isinstance(idle, bool):
+            return None
+        adapters = dict(_adapter_sync.record_adapters(doc))
+        execution = doc.get("execution")
+        return cls(
+            since=since,
+            until=until,
+            idle_ttl=timedelta(seconds=max(0, idle)),
+            adapters=adapters,
+            execution=execution if isinstance(execution, dict) else {},
+            served=parse_time(doc.get("served")),
+            served_model=str(doc.get("served_model") or ""),
+            ended=parse_time(doc.get("ended")),
+            ended_by=str(doc.get("ended_by") or ""),
+        )
 
 
 def deletion_cause(pod: Mapping[str, Any] | None) -> str | None:

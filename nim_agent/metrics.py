@@ -5,7 +5,7 @@ on its metrics port (9090 by default) next to its own ``flyte_connector_*`` seri
 
 Metric                                        | labels
 --------------------------------------------- | -----------------------------
-nim_agent_deployments                         | phase (gauge, from the watch cache)
+nim_agent_deployments                         | phase (gauge: live deployments, not stopped)
 nim_agent_deployments_created_total           | (counter)
 nim_agent_time_to_ready_seconds               | (histogram: pod creation -> Ready)
 nim_agent_failures_total                      | reason
@@ -19,6 +19,17 @@ nim_agent_kube_requests_total                 | verb, code
 nim_agent_watch_restarts_total                | reason
 nim_agent_serving_checks_total                | route (direct, proxy), outcome (listed, failed)
 nim_agent_serving_check_seconds               | route (histogram: one GET /v1/models)
+nim_agent_shared_attaches_total               | server (created: this execution made the shared
+                                              | server; starting / serving: it attached to one)
+nim_agent_cold_starts_avoided_total           | (counter: executions that attached to a running
+                                              | shared server instead of starting their own)
+nim_agent_shared_releases_total               | by (teardown, abort): holders released
+nim_agent_shared_server_holders               | namespace, server (gauge, from the sweep)
+nim_agent_shared_server_idle_seconds          | namespace, server (gauge: since its last holder
+                                              | ended; 0 while held)
+nim_agent_shared_server_gpu_seconds           | namespace, server (gauge: GPUs x seconds the
+                                              | server has held them so far)
+nim_agent_shared_server_adapters              | namespace, server (gauge: adapters it serves)
 """
 
 from __future__ import annotations
@@ -27,7 +38,7 @@ from prometheus_client import Counter, Gauge, Histogram
 
 DEPLOYMENTS = Gauge(
     "nim_agent_deployments",
-    "NIM deployments known to the watch cache, by the Flyte phase they map to.",
+    "Live NIM deployments (not stopped or being deleted) in the watch cache, by Flyte phase.",
     ["phase"],
 )
 DEPLOYMENTS_CREATED = Counter(
@@ -120,3 +131,56 @@ def observe_ready(pod_uid: str, seconds: float | None) -> None:
     """Record a deployment's time to ready once."""
     if seconds is not None and _ready.first(pod_uid):
         TIME_TO_READY.observe(seconds)
+
+
+ATTACHES = Counter(
+    "nim_agent_shared_attaches",
+    "Executions holding a shared NIM server, by the server's state when they came "
+    "(created: they made it; starting; serving).",
+    ["server"],
+)
+COLD_STARTS_AVOIDED = Counter(
+    "nim_agent_cold_starts_avoided",
+    "Executions that attached to a running shared NIM server instead of starting their own.",
+)
+RELEASES = Counter(
+    "nim_agent_shared_releases",
+    "Holders of shared NIM servers released, by what released them (teardown, abort).",
+    ["by"],
+)
+_SERVER = ["namespace", "server"]
+SHARED_HOLDERS = Gauge(
+    "nim_agent_shared_server_holders",
+    "Live holders of each shared NIM server (from the cleanup sweep).",
+    _SERVER,
+)
+SHARED_IDLE_SECONDS = Gauge(
+    "nim_agent_shared_server_idle_seconds",
+    "Seconds since each shared NIM server's last holder ended (0 while held).",
+    _SERVER,
+)
+SHARED_GPU_SECONDS = Gauge(
+    "nim_agent_shared_server_gpu_seconds",
+    "GPUs x seconds each shared NIM server has held its GPUs so far.",
+    _SERVER,
+)
+SHARED_ADAPTERS = Gauge(
+    "nim_agent_shared_server_adapters",
+    "Adapters each shared NIM server serves (bound to it by its holders).",
+    _SERVER,
+)
+_SHARED_GAUGES = (SHARED_HOLDERS, SHARED_IDLE_SECONDS, SHARED_GPU_SECONDS, SHARED_ADAPTERS)
+_shared_seen: set[tuple[str, str]] = set()
+
+
+def set_shared_servers(values: dict[tuple[str, str], tuple[int, float, float, int]]) -> None:
+    """The shared servers' gauges from one sweep: {(namespace, server): (holders, idle seconds,
+    GPU-seconds, adapters)}; servers no longer present lose their series."""
+    for key, numbers in values.items():
+        for gauge, value in zip(_SHARED_GAUGES, numbers, strict=True):
+            gauge.labels(*key).set(value)
+    for key in _shared_seen - set(values):
+        for gauge in _SHARED_GAUGES:
+            gauge.remove(*key)
+    _shared_seen.clear()
+    _shared_seen.update(values)

@@ -15,6 +15,11 @@ Two ways to remove a server:
   (evicted, its node lost) gets the record only.
 - **delete** (abort, teardown, superseded): Flyte is done with it; the Pod and its Service go.
 
+Shared servers (`nim_agent.sharing`) are stopped the same way when idle past their holders' idle
+ttl (cause "idle"), with the pod's resourceVersion as the patch's precondition: a holder that
+attached since the sweep looked changes it, and the stop fails instead of taking the server from
+under it. The sweep also compacts the records of their holders that are gone.
+
 :func:`reap_decision` (pod + now -> what to do) and :func:`superseded` (pods -> the ones a later
 attempt replaced) are pure and unit-tested; :class:`Reaper` runs them over the pods in the watch
 cache every ``interval`` (only while it holds the cleanup Lease, see `nim_agent.runtime`).
@@ -40,6 +45,7 @@ from nim_agent.contract import (
     ANNOTATION_DELETION_CAUSE,
     ANNOTATION_STOPPED,
     FAILURE,
+    IDLE,
     LABEL_PREFIX,
     SUPERSEDED,
     TTL,
@@ -50,10 +56,13 @@ from nim_agent.contract import (
     expires_at,
     format_duration,
     format_time,
+    is_shared,
     served_at,
     stop_record,
+    wanted_adapters,
 )
 from nim_agent.podfacts import read_pod
+from nim_agent.sharing import compaction, gpu_seconds, idle_deadline, idle_since, live_holders
 from nim_agent.status import (
     Classification,
     Phase,
@@ -89,6 +98,7 @@ class Action(enum.Enum):
     STOP = "stop"  # record the verdict, end the containers (keep the pod for the retention)
     DELETE = "delete"  # delete Pod and Service
     FORGET = "forget"  # delete a stopped pod whose retention is over (not a server removal)
+    COMPACT = "compact"  # a shared server: remove the records of holders that are gone
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,8 @@ class Decision:
     message: str
     record: StopRecord | None = None
     classification: Classification | None = None
+    patch: dict[str, Any] | None = None  # COMPACT: the annotations patch
+    precondition: str | None = None  # the resourceVersion the patch must find (shared servers)
 
 
 def stop_record_for(
@@ -122,7 +134,7 @@ def stop_record_for(
         note = f" nim-agent stopped the server ({cause}{': ' + detail if detail else ''})."
         message = result.message if detail is None else result.message + note
         return StopRecord(cause, now, result.phase.value, result.reason.value, message)
-    reason = Reason.TTL_EXPIRED if cause == TTL else Reason.UNHEALTHY
+    reason = Reason.TTL_EXPIRED if cause in (TTL, IDLE) else Reason.UNHEALTHY
     when = "before it was found serving" if is_terminal(result.phase) else "before it was ready"
     return StopRecord(
         cause,
@@ -149,17 +161,38 @@ def reap_decision(
     Succeeded) gets its verdict recorded; past ``nim-agent.dev/expires-at``: stopped (ttl); failed
     (crash loop, OOM, unschedulable too long, ...): stopped (failure); served or started, then
     unready for ``policy.unhealthy_window``: stopped (unhealthy). ``keep_failed`` leaves failed
-    and unhealthy servers running (until their ttl).
+    and unhealthy servers running (until their ttl). A shared server: past its idle deadline
+    (no live holder; `sharing.idle_deadline`), stopped (idle), before the failure rules; with
+    records of holders that are gone, compacted (last). Both carry the pod's resourceVersion
+    as their precondition.
     """
+    return _decide(pod, now=now, policy=policy, keep_failed=keep_failed, retention=retention)[0]
+
+
+# The reasons a server that passed its startup probe (or has served) reads as while unready: the
+# only ones the unhealthy window can apply to.
+_UNREADY_REASONS = frozenset({Reason.SERVING_INTERRUPTED, Reason.NOT_READY})
+
+
+def _decide(
+    pod: Mapping[str, Any],
+    *,
+    now: datetime,
+    policy: StatusPolicy,
+    keep_failed: bool,
+    retention: timedelta,
+) -> tuple[Decision | None, Classification | None]:
+    """`reap_decision`, and the classification it made on the way (None when it made none)."""
     meta = pod.get("metadata") or {}
     if meta.get("deletionTimestamp"):
-        return None
+        return None, None
     record = stop_record(pod)
     if record is not None:
         if now - record.at >= retention:
             kept = format_duration(retention)
-            return Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
-        return None
+            forget = Decision(Action.FORGET, record.cause, f"stopped {kept} ago; retention over")
+            return forget, None
+        return None, None
     endpoint = endpoint_of(pod)
     result = classify(pod, now=now, policy=policy_for(pod, policy), endpoint=endpoint)
     served = served_at(pod) is not None
@@ -167,17 +200,51 @@ def reap_decision(
     if phase in ("Failed", "Succeeded"):
         cause = TTL if result.reason is Reason.TTL_EXPIRED else FAILURE
         record = stop_record_for(cause, result, now=now, detail=None, served=served)
-        return Decision(Action.STOP, cause, result.message, record, result)
+        return Decision(Action.STOP, cause, result.message, record, result), result
     expiry = expires_at(pod)
+    shared = is_shared(pod)
     if expiry is not None and now >= expiry:
-        detail = f"ttl expired at {format_time(expiry)}"
+        what = "lifetime (reuse_max_ttl)" if shared else "ttl"
+        detail = f"{what} expired at {format_time(expiry)}"
         record = stop_record_for(TTL, result, now=now, detail=detail, served=served)
-        return Decision(Action.STOP, TTL, detail, record, result)
-    if keep_failed:
-        return None
+        return Decision(Action.STOP, TTL, detail, record, result), result
+    version = str(meta.get("resourceVersion") or "") or None
+    if shared:
+        deadline = idle_deadline(pod, now)
+        if deadline is not None and now >= deadline:
+            since = idle_since(pod, now)
+            idle = format_duration(now - since, exact=False) if since else "?"
+            detail = f"idle for {idle}: no holder since {format_time(since or now)}"
+            record = stop_record_for(IDLE, result, now=now, detail=detail, served=served)
+            stop = Decision(Action.STOP, IDLE, detail, record, result, precondition=version)
+            return stop, result
+    if not keep_failed:
+        decision = _failure_decision(pod, result, now=now, policy=policy, served=served)
+        if decision is not None:
+            return decision, result
+    patch = compaction(pod, now) if shared else None
+    if patch is not None:
+        gone = sum(1 for value in patch.values() if value is None)
+        message = f"removed the records of {gone} holder(s) that are gone"
+        compact = Decision(Action.COMPACT, "compact", message, patch=patch, precondition=version)
+        return compact, result
+    return None, result
+
+
+def _failure_decision(
+    pod: Mapping[str, Any],
+    result: Classification,
+    *,
+    now: datetime,
+    policy: StatusPolicy,
+    served: bool,
+) -> Decision | None:
+    """A running server that failed or stayed unhealthy too long: stop it."""
     if result.phase in (Phase.FAILED, Phase.RETRYABLE_FAILED):
         record = stop_record_for(FAILURE, result, now=now)
         return Decision(Action.STOP, FAILURE, result.message, record, result)
+    if result.reason not in _UNREADY_REASONS:
+        return None
     unready = unhealthy_for(read_pod(pod, (), now))
     if unready is not None and unready >= policy.unhealthy_window:
         detail = (
@@ -223,7 +290,9 @@ def superseded(pods: Iterable[Mapping[str, Any]]) -> list[tuple[Mapping[str, Any
     return found
 
 
-async def stop_deployment(kube: Kube, pod: Mapping[str, Any], record: StopRecord) -> bool:
+async def stop_deployment(
+    kube: Kube, pod: Mapping[str, Any], record: StopRecord, *, precondition: str | None = None
+) -> bool:
     """Stop a server: record its verdict and end its containers, in one merge patch.
 
     ``activeDeadlineSeconds`` 1 (a pod may lower it, never raise it) makes the kubelet end the
@@ -231,8 +300,9 @@ async def stop_deployment(kube: Kube, pod: Mapping[str, Any], record: StopRecord
     included, are free, and the pod object keeps the record for every replica to read. A pod
     that has already ended gets the record only. True when the server was running (a removal
     nim-agent made, counted by cause); False for a record on an ended pod, or a pod gone.
+    ``precondition``: the resourceVersion the pod must still have (else nothing is done, False).
     """
-    from nim_agent.kube import NotFound
+    from nim_agent.kube import Conflict, NotFound
 
     meta = pod.get("metadata") or {}
     namespace, name = str(meta.get("namespace")), str(meta.get("name"))
@@ -242,9 +312,16 @@ async def stop_deployment(kube: Kube, pod: Mapping[str, Any], record: StopRecord
     }
     if not ended:
         patch["spec"] = {"activeDeadlineSeconds": 1}
+    if precondition is not None:
+        patch["metadata"]["resourceVersion"] = precondition
     try:
         await kube.patch_pod(namespace, name, patch)
     except NotFound:
+        return False
+    except Conflict:
+        log.info(
+            "NIM deployment %s/%s changed since the sweep looked; not stopped", namespace, name
+        )
         return False
     if ended:
         log.info(
@@ -289,6 +366,26 @@ async def delete_deployment(
     elif existed:
         log.info("removed the stopped NIM deployment %s/%s (%s)", namespace, name, detail)
     return existed
+
+
+async def _compact(kube: Kube, namespace: str, name: str, decision: Decision) -> bool:
+    """Apply a COMPACT decision (its precondition included); False when the pod changed or went."""
+    from nim_agent.kube import Conflict, NotFound
+
+    body: dict[str, Any] = {"metadata": {"annotations": decision.patch}}
+    if decision.precondition is not None:
+        body["metadata"]["resourceVersion"] = decision.precondition
+    try:
+        await kube.patch_pod(namespace, name, body)
+    except (Conflict, NotFound):
+        return False
+    log.info("shared NIM server %s/%s: %s", namespace, name, decision.message)
+    return True
+
+
+def _idle_seconds(pod: Mapping[str, Any], now: datetime) -> float:
+    since = idle_since(pod, now)
+    return max(0.0, (now - since).total_seconds()) if since is not None else 0.0
 
 
 def _first_line(text: str) -> str:
@@ -338,24 +435,32 @@ class Reaper:
                 await asyncio.sleep(0)  # let GetTask calls in between slices of the sweep
             meta = pod.get("metadata") or {}
             namespace, name = str(meta.get("namespace")), str(meta.get("name"))
-            decision = replaced.get(id(pod)) or reap_decision(
+            decision, result = _decide(
                 pod,
                 now=now,
                 policy=self._policy,
                 keep_failed=self._keep_failed,
                 retention=self._retention,
             )
+            decision = replaced.get(id(pod)) or decision
             if decision is None:
-                result = classify(pod, now=now, policy=policy_for(pod, self._policy), endpoint="")
-                phases[result.phase.value] += 1
-                unhealthy += result.reason is Reason.SERVING_INTERRUPTED
+                if result is not None:  # a stopped pod, kept for its retention, is not counted
+                    phases[result.phase.value] += 1
+                    unhealthy += result.reason is Reason.SERVING_INTERRUPTED
                 continue
             if decision.classification is not None and decision.cause == "failure":
                 uid = str(meta.get("uid") or "")
                 metrics.count_failure(uid, decision.classification.reason.value)
             if decision.action is Action.STOP:
                 assert decision.record is not None
-                await stop_deployment(kube, pod, decision.record)
+                await stop_deployment(
+                    kube, pod, decision.record, precondition=decision.precondition
+                )
+            elif decision.action is Action.COMPACT:
+                if result is not None:  # a running shared server: counted as any other
+                    phases[result.phase.value] += 1
+                if not await _compact(kube, namespace, name, decision):
+                    continue
             else:
                 await delete_deployment(
                     kube,
@@ -369,6 +474,18 @@ class Reaper:
         for phase, count in phases.items():
             metrics.DEPLOYMENTS.labels(phase).set(count)
         metrics.UNHEALTHY_SERVERS.set(unhealthy)
+        metrics.set_shared_servers(
+            {
+                (str(p["metadata"].get("namespace")), str(p["metadata"].get("name"))): (
+                    len(live_holders(p, now)),
+                    _idle_seconds(p, now),
+                    gpu_seconds(p, now),
+                    len(wanted_adapters((p.get("metadata") or {}).get("annotations") or {})),
+                )
+                for p in pods
+                if is_shared(p) and isinstance(p.get("metadata"), dict)
+            }
+        )
         return done
 
     async def run(self) -> None:

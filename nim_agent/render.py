@@ -12,9 +12,17 @@ Public API::
     DeploymentIdentity.for_execution(...), DeploymentIdentity.for_local(...)
     namespace_for(nim, execution_namespace, settings)            -> namespace (or ConfigError)
     render(nim, identity, settings, pod_uid=None, adapter_uris=None)  -> [pod, service]
-    render_pod(nim, identity, settings, adapter_uris=None), render_service(nim, identity, pod_uid)
+    render_pod(nim, identity, settings, adapter_uris=None, shared=None),
+    render_service(nim, identity, pod_uid), service_for_pod(pod), service_for_holder(pod, ...)
     adapter_problems(nim, adapter_uris) -> [Problem]  (adapters given as task inputs)
     to_yaml(objects) -> multi-document YAML (what `nim-agent render` prints)
+
+A shared server (`SharedServer`: `NIMTask(reuse=...)`, see `nim_agent.sharing`) is the same Pod
+with its share key and generation as labels, no execution identity, its lifetime cap as
+``activeDeadlineSeconds`` and, when it serves adapters, a native sidecar ``adapter-sync``
+(`nim_agent/adapter_sync.py`) that follows the pod's annotations through a downward API volume
+and downloads the adapters later holders ask for while the server runs. Each holder reaches it
+through a Service of its own (`service_for_holder`).
 
 Adapters come from two places, each downloaded by an init container into
 ``$NIM_PEFT_SOURCE/<name>`` before the server starts: `hf_repo_ids` (container `lora-downloader`,
@@ -53,19 +61,24 @@ from nim_agent.checks import ConfigError, Problem, check_adapter_name, show
 from nim_agent.contract import (
     ADAPTER_CACHE_PATH,
     ADAPTER_INPUTS_CONTAINER,
+    ADAPTER_SYNC_CONTAINER,
     ANNOTATION_ADAPTERS,
     ANNOTATION_ENDPOINT,
     ANNOTATION_EXECUTION_ID,
     ANNOTATION_EXPIRES_AT,
+    ANNOTATION_REUSE,
+    ANNOTATIONS_PATH,
     APP_NAME,
     CACHE_PATH,
     IDENTITY_PARTS,
     LABEL_DEPLOYMENT,
+    LABEL_GENERATION,
+    LABEL_HOLDER,
     LABEL_INSTANCE,
     LABEL_MANAGED_BY,
     LABEL_NAME,
     LABEL_PREFIX,
-    LABEL_SIMULATE,
+    LABEL_SHARE_KEY,
     LORA_CONTAINER,
     MANAGED_BY,
     NIM_CONTAINER,
@@ -75,6 +88,7 @@ from nim_agent.contract import (
     adapters_value,
     endpoint_for,
     format_time,
+    is_reserved_key,
 )
 from nim_agent.settings import SECURITY_PROFILES, ConnectorSettings, flytekit_image
 
@@ -84,6 +98,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DeploymentIdentity",
     "ExecutionIdentity",
+    "SharedServer",
     "adapter_problems",
     "deployment_name_for",
     "local_deployment_name_for",
@@ -91,7 +106,9 @@ __all__ = [
     "render",
     "render_pod",
     "render_service",
+    "service_for_holder",
     "service_for_pod",
+    "shared_deployment_name",
     "to_yaml",
 ]
 
@@ -114,6 +131,11 @@ def _program(module_file: str) -> str:
 # HF_TOKEN from a secretKeyRef, object-store credentials from the pod's identity or a Secret.
 HF_DOWNLOAD_PROGRAM = _program("hf_download.py")
 INPUTS_DOWNLOAD_PROGRAM = _program("flyte_download.py")
+ADAPTER_SYNC_PROGRAM = _program("adapter_sync.py")
+# A shared server picks up the adapters its sidecar adds on NIM's dynamic LoRA scan; without
+# the user's own NIM_PEFT_REFRESH_INTERVAL NIM never rescans, so shared servers get this one.
+SHARED_PEFT_REFRESH_SECONDS = "5"
+ADAPTER_SYNC_CPU = "250m"  # downloads are I/O; the sidecar's request adds to the pod's
 
 _NAME_MAX = 63
 _HASH_LEN = 10
@@ -155,6 +177,17 @@ def local_deployment_name_for(task_name: str, nonce: str | None = None) -> str:
     """
     nonce = _secrets.token_hex(4) if nonce is None else nonce
     return _dns_name(task_name, json.dumps([task_name, nonce]), keep_tail=True)
+
+
+def shared_deployment_name(key: str, generation: int, image: str) -> str:
+    """The Pod name of a shared server: deterministic from its share key and generation, so
+    that executions creating it at once race on one name and exactly one server is made::
+
+        >>> shared_deployment_name("3f9a...", 0, "nvcr.io/nim/meta/llama3-8b-instruct:1.0.0")
+        'nim-llama3-8b-instruct-shared-...'
+    """
+    model = image.split("@", 1)[0].rsplit("/", 1)[-1].split(":", 1)[0]
+    return _dns_name(f"{model}-shared", json.dumps([key, generation]))
 
 
 def label_value(text: str) -> str:
@@ -223,6 +256,24 @@ class DeploymentIdentity:
     def endpoint(self, port: int) -> str:
         """The in-cluster URL of this deployment's Service."""
         return endpoint_for(self.name, self.namespace, port)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedServer:
+    """What makes a Pod a shared server (`NIMTask(reuse=...)`; the keys: `nim_agent.sharing`).
+
+    ``key``: the share key (hash of the serving configuration, namespace and scope);
+    ``generation``: which of the key's deterministic names this is; ``scope``: the reuse scope;
+    ``lifetime``: its hard cap (``activeDeadlineSeconds``), whatever its holders;
+    ``inputs``: its adapter-sync sidecar may fetch adapters given as task inputs (it then runs
+    in the flytekit image of `_inputs_container`, else in the Hugging Face downloader's image).
+    """
+
+    key: str
+    generation: int = 0
+    scope: str = "namespace"
+    lifetime: timedelta = timedelta(hours=24)
+    inputs: bool = False
 
 
 def namespace_for(nim: NIM, execution_namespace: str | None, settings: ConnectorSettings) -> str:
@@ -359,8 +410,14 @@ def _http_probe(path: str, port: int, period: int, failures: int) -> dict[str, A
     }
 
 
-def peft_source(nim: NIM, adapter_uris: Mapping[str, str] | None = None) -> str | None:
-    """$NIM_PEFT_SOURCE when adapters are downloaded (from the Hub or task inputs), else None."""
+def peft_source(
+    nim: NIM, adapter_uris: Mapping[str, str] | None = None, *, shared: bool = False
+) -> str | None:
+    """$NIM_PEFT_SOURCE when adapters are downloaded (from the Hub or task inputs; on a shared
+    server, whenever it is set and the download memory too: later holders bring adapters),
+    else None."""
+    if shared and nim.lora_adapter_mem is not None:
+        return (nim.env or {}).get(PEFT_SOURCE_ENV)
     if not (nim.hf_repo_ids or adapter_uris):
         return None
     return (nim.env or {}).get(PEFT_SOURCE_ENV)
@@ -419,7 +476,11 @@ def adapter_problems(nim: NIM, adapter_uris: Mapping[str, str] | None) -> list[P
 
 
 def _nim_container(
-    nim: NIM, settings: ConnectorSettings, peft: str | None, security: dict[str, Any] | None
+    nim: NIM,
+    settings: ConnectorSettings,
+    peft: str | None,
+    security: dict[str, Any] | None,
+    shared: SharedServer | None = None,
 ) -> dict[str, Any]:
     s = nim.secrets
     quantities = {"cpu": _cpu(nim.cpu), "memory": nim.mem}
@@ -434,6 +495,8 @@ def _nim_container(
         {"name": "NIM_CACHE_PATH", "value": CACHE_PATH},
         *({"name": k, "value": v} for k, v in (nim.env or {}).items()),
     ]
+    if shared is not None and peft and "NIM_PEFT_REFRESH_INTERVAL" not in (nim.env or {}):
+        env.append({"name": "NIM_PEFT_REFRESH_INTERVAL", "value": SHARED_PEFT_REFRESH_SECONDS})
     mounts = [
         {"name": "dshm", "mountPath": SHM_PATH},
         {"name": "nim-cache", "mountPath": CACHE_PATH},
@@ -542,7 +605,61 @@ def _inputs_container(
     }
 
 
-def _volumes(nim: NIM, peft: str | None, adapter_uris: Mapping[str, str] | None) -> list[Any]:
+def _adapter_sync_container(
+    nim: NIM,
+    settings: ConnectorSettings,
+    peft: str,
+    shared: SharedServer,
+    security: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The native sidecar of a shared server that adds the adapters later holders ask for
+    (`nim_agent/adapter_sync.py`, given both downloaders' sources as its arguments). It runs in
+    the input download's image (flytekit) when the server takes adapters from task inputs, else
+    in the Hugging Face downloader's; with that container's environment and secrets."""
+    assert nim.lora_adapter_mem is not None  # by peft_source
+    hf = _lora_container(nim, settings, peft, security)
+    env = [e for e in hf["env"] if e["name"] != "NIM_AGENT_HF_REPO_IDS"]
+    env.append({"name": "NIM_AGENT_ANNOTATIONS", "value": f"{ANNOTATIONS_PATH}/annotations"})
+    env_from = None
+    image = hf["image"]
+    mounts = [*_downloader_mounts(nim, peft)]
+    if shared.inputs:
+        inputs = _inputs_container(nim, settings, peft, {}, security)
+        image = inputs["image"]
+        known = {e["name"] for e in env}
+        env.extend(e for e in inputs["env"] if e["name"] not in known)
+        env_from = inputs["envFrom"]
+        mounts.append({"name": "downloader-tmp", "mountPath": DOWNLOADER_TMP})
+    mounts.append(
+        {"name": "nim-agent-annotations", "mountPath": ANNOTATIONS_PATH, "readOnly": True}
+    )
+    quantities = {"cpu": ADAPTER_SYNC_CPU, "memory": nim.lora_adapter_mem}
+    return {
+        "name": ADAPTER_SYNC_CONTAINER,
+        "image": image,
+        "imagePullPolicy": nim.image_pull_policy,
+        "restartPolicy": "Always",  # a native sidecar: runs beside the server, for its life
+        "command": [
+            "python3",
+            "-c",
+            ADAPTER_SYNC_PROGRAM,
+            HF_DOWNLOAD_PROGRAM,
+            INPUTS_DOWNLOAD_PROGRAM,
+        ],
+        "env": env,
+        "envFrom": env_from,
+        "resources": guaranteed_resources(quantities),
+        "volumeMounts": mounts,
+        "securityContext": security,
+    }
+
+
+def _volumes(
+    nim: NIM,
+    peft: str | None,
+    adapter_uris: Mapping[str, str] | None,
+    shared: SharedServer | None = None,
+) -> list[Any]:
     cache: dict[str, Any]
     if nim.cache_pvc:
         cache = {"name": "nim-cache", "persistentVolumeClaim": {"claimName": nim.cache_pvc}}
@@ -554,8 +671,11 @@ def _volumes(nim: NIM, peft: str | None, adapter_uris: Mapping[str, str] | None)
     ]
     if peft:
         volumes.append({"name": "lora", "emptyDir": {}})
-    if adapter_uris:
+    if adapter_uris or (peft and shared is not None and shared.inputs):
         volumes.append({"name": "downloader-tmp", "emptyDir": {}})
+    if peft and shared is not None:
+        annotations = {"path": "annotations", "fieldRef": {"fieldPath": "metadata.annotations"}}
+        volumes.append({"name": "nim-agent-annotations", "downwardAPI": {"items": [annotations]}})
     return volumes
 
 
@@ -572,9 +692,11 @@ def pod_spec_parts(
     settings: ConnectorSettings,
     adapter_uris: Mapping[str, str] | None = None,
     security: dict[str, Any] | None = None,
+    shared: SharedServer | None = None,
 ) -> dict[str, Any]:
     """The parts of the pod spec shared by the connector's Pod and the sidecar form: the NIM
-    container (after the adapter downloads), volumes, pull secret and placement.
+    container (after the adapter downloads; on a shared server, the adapter-sync sidecar
+    too), volumes, pull secret and placement.
 
     `security` is every container's securityContext (`container_security_context`).
     """
@@ -589,12 +711,14 @@ def pod_spec_parts(
     problems = adapter_problems(nim, adapter_uris)
     if problems:
         raise ConfigError(problems)
-    peft = peft_source(nim, adapter_uris)
+    peft = peft_source(nim, adapter_uris, shared=shared is not None)
     init = []
     if peft and nim.hf_repo_ids:
         init.append(_lora_container(nim, settings, peft, security))
     if peft and adapter_uris:
         init.append(_inputs_container(nim, settings, peft, adapter_uris, security))
+    if peft and shared is not None:
+        init.append(_adapter_sync_container(nim, settings, peft, shared, security))
     return {
         "serviceAccountName": nim.service_account,
         "runtimeClassName": nim.runtime_class_name,
@@ -604,21 +728,26 @@ def pod_spec_parts(
         "tolerations": _tolerations(nim),
         "imagePullSecrets": [{"name": nim.secrets.ngc_image_secret}],
         "initContainers": init or None,
-        "containers": [_nim_container(nim, settings, peft, security)],
-        "volumes": _volumes(nim, peft, adapter_uris),
+        "containers": [_nim_container(nim, settings, peft, security, shared)],
+        "volumes": _volumes(nim, peft, adapter_uris, shared),
     }
 
 
 # --------------------------------------------------------------------------- objects
 
 
-def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
+def _labels(
+    nim: NIM, identity: DeploymentIdentity, shared: SharedServer | None = None
+) -> dict[str, str]:
     ours = {
         LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_NAME: APP_NAME,
         LABEL_INSTANCE: identity.name,
         LABEL_DEPLOYMENT: identity.name,
     }
+    if shared is not None:
+        ours[LABEL_SHARE_KEY] = shared.key
+        ours[LABEL_GENERATION] = str(shared.generation)
     if identity.execution is not None:
         e = identity.execution
         for part in IDENTITY_PARTS:
@@ -627,15 +756,12 @@ def _labels(nim: NIM, identity: DeploymentIdentity) -> dict[str, str]:
 
 
 def _users(keys: Mapping[str, str] | None) -> dict[str, str]:
-    """A user's labels or annotations without keys in nim-agent's own `nim-agent.dev/` prefix
-    (bar the local control plane's `nim-agent.dev/simulate*`): nim-agent reads them back (e.g.
-    the deletion cause, the Flyte identity of a local run), so a user must not be able to set them.
+    """A user's labels or annotations without nim-agent's own keys (`contract.is_reserved_key`:
+    the `nim-agent.dev/` prefix and its subdomains, bar the local control plane's
+    `nim-agent.dev/simulate*`): nim-agent reads them back (e.g. the deletion cause, the Flyte
+    identity of a local run, a shared server's holders), so a user must not be able to set them.
     """
-    return {
-        k: v
-        for k, v in (keys or {}).items()
-        if not k.startswith(LABEL_PREFIX) or k.startswith(LABEL_SIMULATE)
-    }
+    return {k: v for k, v in (keys or {}).items() if not is_reserved_key(k)}
 
 
 def _our_annotations(
@@ -665,6 +791,7 @@ def render_pod(
     adapter_uris: Mapping[str, str] | None = None,
     *,
     ttl: timedelta | None = None,
+    shared: SharedServer | None = None,
 ) -> dict[str, Any]:
     """The NIM Pod: security profile, requests = limits, probes, secrets by ref, adapters.
 
@@ -673,29 +800,35 @@ def render_pod(
     status classification reads to fail a crash loop. ``activeDeadlineSeconds`` is the ttl
     (default: the settings' ``default_ttl``): the kubelet stops the server then even when no
     connector is running (a pod may lower it later, never raise it: nim-agent lowers it to stop
-    a server). The ServiceAccount must be one the settings allow.
+    a server). The ServiceAccount must be one the settings allow. With `shared` it is a shared
+    server (see the module docstring): its deadline is the shared lifetime, ``ttl`` is unused.
     """
     settings = settings or ConnectorSettings()
     _check_service_account(nim, settings)
     profile = security_profile_for(nim, settings)
     deadline = ttl if ttl is not None else settings.default_ttl
+    if shared is not None:
+        deadline = shared.lifetime
     spec = {
         "activeDeadlineSeconds": max(1, math.ceil(deadline.total_seconds())),
         "restartPolicy": "Always",
         "enableServiceLinks": False,
         "automountServiceAccountToken": None if nim.service_account else False,
         "securityContext": pod_security_context(profile),
-        **pod_spec_parts(nim, settings, adapter_uris, container_security_context(profile)),
+        **pod_spec_parts(nim, settings, adapter_uris, container_security_context(profile), shared),
     }
-    adapters = adapter_names(nim, adapter_uris)
+    # A shared server's adapters are its holders' (their records); none of the pod's own.
+    adapters = adapter_names(nim, adapter_uris) if shared is None else []
     annotations = {**_users(nim.annotations), **_our_annotations(nim, identity, adapters)}
+    if shared is not None:
+        annotations[ANNOTATION_REUSE] = shared.scope
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
             "name": identity.name,
             "namespace": identity.namespace,
-            "labels": _labels(nim, identity),
+            "labels": _labels(nim, identity, shared),
             "annotations": dict(sorted(annotations.items())),
         },
         "spec": spec,
@@ -771,6 +904,49 @@ def service_for_pod(pod: Mapping[str, Any]) -> dict[str, Any]:
         },
     }
     return drop_none(service)  # type: ignore[no-any-return]
+
+
+def service_for_holder(
+    pod: Mapping[str, Any],
+    holder: str,
+    *,
+    execution: ExecutionIdentity | None = None,
+    task_name: str | None = None,
+) -> dict[str, Any]:
+    """The Service of one holder of a shared server: named after the holder (the name its own
+    deployment would have had, so its endpoint URL is its own), selecting the shared pod, owned
+    by it. Its labels carry the holder's name and Flyte identity (a teardown of this endpoint
+    releases this holder only)."""
+    base = service_for_pod(pod)
+    meta = base["metadata"]
+    namespace = str(meta.get("namespace") or "")
+    identity = DeploymentIdentity(
+        name=holder, namespace=namespace, execution=execution, task_name=task_name
+    )
+    labels = {k: v for k, v in meta["labels"].items() if k != LABEL_INSTANCE}
+    labels[LABEL_INSTANCE] = holder
+    labels[LABEL_HOLDER] = holder
+    if execution is not None:
+        for part in IDENTITY_PARTS:
+            labels[LABEL_PREFIX + part] = label_value(str(getattr(execution, part)))
+    port = base["spec"]["ports"][0]["port"]
+    annotations = dict(meta["annotations"])
+    annotations.pop(ANNOTATION_EXPIRES_AT, None)
+    annotations[ANNOTATION_ENDPOINT] = identity.endpoint(port)
+    execution_id: dict[str, Any] = {}
+    if execution is not None:
+        execution_id = {part: getattr(execution, part) for part in IDENTITY_PARTS}
+    if task_name is not None:
+        execution_id["task"] = task_name
+    annotations[ANNOTATION_EXECUTION_ID] = json.dumps(
+        execution_id, sort_keys=True, separators=(",", ":")
+    )
+    meta.update(
+        name=holder,
+        labels=dict(sorted(labels.items())),
+        annotations=dict(sorted(annotations.items())),
+    )
+    return base
 
 
 def _nim_port(pod: Mapping[str, Any]) -> int:

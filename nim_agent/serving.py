@@ -46,12 +46,15 @@ from nim_agent.models import ModelsReply, parse_models
 if TYPE_CHECKING:
     from nim_agent.kube import Kube
 
-__all__ = ["MIN_INTERVAL", "WAIT", "ModelsProbe", "route_for"]
+__all__ = ["HOLDER_MIN_INTERVAL", "MIN_INTERVAL", "WAIT", "ModelsProbe", "route_for"]
 
 log = logging.getLogger(__name__)
 
 WAIT = 1.0  # seconds a GetTask waits for an answer before answering without it
 MIN_INTERVAL = 2.0  # seconds an answer is reused before the server is asked again
+# A holder of a warm shared server waits seconds for its adapter, not minutes for a model: its
+# checks reuse an answer this long only (still one request in flight per pod).
+HOLDER_MIN_INTERVAL = 0.5
 _CAPACITY = 10_000
 
 
@@ -108,12 +111,22 @@ class ModelsProbe:
         """Drop what is known of a pod (verified, or gone)."""
         self._answers.pop(uid, None)
 
-    async def models(self, kube: Kube, pod: Mapping[str, Any]) -> ModelsReply | None:
-        """The server's latest answer, asking it when the last one is older than MIN_INTERVAL;
-        None when a request is under way and has not answered within WAIT."""
+    async def models(
+        self,
+        kube: Kube,
+        pod: Mapping[str, Any],
+        *,
+        not_before: datetime | None = None,
+        max_age: float = MIN_INTERVAL,
+    ) -> ModelsReply | None:
+        """The server's latest answer, asking it when the last one is older than `max_age`
+        seconds (or than `not_before`: a holder that attached to a shared server since then asks
+        afresh); None when a request is under way and has not answered within WAIT."""
         uid = str(_meta(pod).get("uid") or "")
         known = self._answers.get(uid)
-        if known is not None and time.monotonic() - known[0] < MIN_INTERVAL:
+        if not_before is not None and known is not None and known[1].at < not_before:
+            known = None
+        if known is not None and time.monotonic() - known[0] < max_age:
             return known[1]
         task = self._running.get(uid)
         if task is None or task.get_loop() is not asyncio.get_running_loop():

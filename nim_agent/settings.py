@@ -176,6 +176,15 @@ class ConnectorSettings:
     Operator's pod-level uid 1000 / gid 2000 / fsGroup 2000; needs Pod Security baseline)."""
     allowed_security_profiles: tuple[str, ...] = ()
     """Profiles a task may choose with NIM(security_profile=...) besides `security_profile`."""
+    allow_reuse: bool = True
+    """Whether executions may share warm servers (NIMTask(reuse=...)); false: each such task
+    gets a server of its own, as without reuse."""
+    reuse_idle_ttl: timedelta = timedelta(minutes=15)
+    """How long a shared server stays warm after its last holder is done, when the task's Reuse
+    sets no idle_ttl."""
+    reuse_max_ttl: timedelta = timedelta(hours=24)
+    """The longest a shared server lives, whatever its holders (also its activeDeadlineSeconds);
+    capped by max_ttl. A holder whose ttl would outlast a server's remaining life gets a new one."""
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -252,6 +261,13 @@ class ConnectorSettings:
                 )
         return found
 
+    @property
+    def shared_lifetime(self) -> timedelta:
+        """A shared server's lifetime cap: reuse_max_ttl, within max_ttl."""
+        if self.max_ttl is not None and self.max_ttl < self.reuse_max_ttl:
+            return self.max_ttl
+        return self.reuse_max_ttl
+
     def status_policy(self) -> StatusPolicy:
         """The thresholds these settings give `classify` (the startup window comes per pod,
         from its own startup probe: `nim_agent.status.policy_for`)."""
@@ -298,10 +314,21 @@ class ConnectorSettings:
             for key, value in _read_yaml(path).items():
                 raw[str(key)] = (value, f"{key} ({path})")
         for var, value in env.items():
-            if var.startswith(ENV_PREFIX) and var != CONFIG_FILE_ENV:
+            if (
+                var.startswith(ENV_PREFIX)
+                and var != CONFIG_FILE_ENV
+                and not _SERVICE_LINK.match(var)
+            ):
                 raw[var[len(ENV_PREFIX) :].lower()] = (value, var)
         return _build(raw)
 
+
+# What Kubernetes puts in a pod's environment for each Service of its namespace (service links):
+# for a Service named nim-agent, or nim-agent-<x>, these start with our prefix. Never settings.
+_SERVICE_LINK = re.compile(
+    r"^NIM_AGENT(_[A-Z0-9_]+)?_(SERVICE_HOST|SERVICE_PORT(_[A-Z0-9_]+)?|PORT(_\d+_(TCP|UDP|SCTP)"
+    r"(_(PROTO|PORT|ADDR))?)?)$"
+)
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ConnectorSettings)}
 _TYPES: dict[str, Any] = get_type_hints(ConnectorSettings)

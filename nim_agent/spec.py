@@ -6,10 +6,10 @@ proto/nim_agent/v1/nim.proto; the custom is its JSON form with the proto's field
 
 Public API::
 
-    to_proto(nim, ttl, typed_endpoint) -> NIMTaskConfig   from_proto(msg) -> NIMTaskSpec
-    to_custom(nim, ttl, typed_endpoint) -> dict           from_custom(dict) -> NIMTaskSpec
+    to_proto(nim, ttl, typed_endpoint, reuse) -> NIMTaskConfig   from_proto(msg) -> NIMTaskSpec
+    to_custom(nim, ttl, typed_endpoint, reuse) -> dict           from_custom(dict) -> NIMTaskSpec
 
-`NIMTaskSpec` is (nim, ttl, typed_endpoint).
+`NIMTaskSpec` is (nim, ttl, typed_endpoint, reuse).
 
 `from_proto` validates (it builds a `NIM`), so a damaged config surfaces as `ConfigError`.
 """
@@ -26,7 +26,7 @@ from google.protobuf import json_format
 
 from nim_agent._proto import nim_pb2
 from nim_agent.checks import ConfigError, Problem, show
-from nim_agent.config import NIM
+from nim_agent.config import NIM, Reuse
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -71,6 +71,7 @@ class NIMTaskSpec:
     nim: NIM
     ttl: timedelta | None  # None: the connector's default_ttl
     typed_endpoint: bool = False
+    reuse: Reuse | None = None  # None: a server of its own
 
 
 def check_ttl(ttl: object) -> timedelta | None:
@@ -104,14 +105,21 @@ def _check_schema_version(version: object) -> None:
 
 
 def to_proto(
-    nim: NIM, ttl: timedelta | None = None, typed_endpoint: bool = False
+    nim: NIM,
+    ttl: timedelta | None = None,
+    typed_endpoint: bool = False,
+    reuse: Reuse | None = None,
 ) -> nim_pb2.NIMTaskConfig:
     """The task config message for `nim` living `ttl` (None: the connector's default_ttl;
-    output a NIMEndpoint if typed)."""
+    output a NIMEndpoint if typed; shared with other executions per `reuse`)."""
     msg = nim_pb2.NIMTaskConfig(schema_version=SCHEMA_VERSION, typed_endpoint=typed_endpoint)
     checked = check_ttl(ttl)
     if checked is not None:
         msg.ttl.FromTimedelta(checked)
+    if reuse is not None:
+        msg.reuse.scope = reuse.scope
+        if reuse.idle_ttl is not None:
+            msg.reuse.idle_ttl.FromTimedelta(reuse.idle_ttl)
     m = msg.nim
     s = nim.secrets
     m.secrets.ngc_image_secret = s.ngc_image_secret
@@ -176,7 +184,11 @@ def from_proto(msg: nim_pb2.NIMTaskConfig) -> NIMTaskSpec:
         kwargs["affinity"] = _whole_numbers(json_format.MessageToDict(m.affinity))
     nim = NIM.from_dict({"secrets": secrets, **kwargs})  # reports every problem together
     ttl = msg.ttl.ToTimedelta() if msg.HasField("ttl") else None
-    return NIMTaskSpec(nim=nim, ttl=ttl, typed_endpoint=msg.typed_endpoint)
+    reuse = None
+    if msg.HasField("reuse"):
+        idle = msg.reuse.idle_ttl.ToTimedelta() if msg.reuse.HasField("idle_ttl") else None
+        reuse = Reuse(scope=msg.reuse.scope or "namespace", idle_ttl=idle)
+    return NIMTaskSpec(nim=nim, ttl=ttl, typed_endpoint=msg.typed_endpoint, reuse=reuse)
 
 
 def _whole_numbers(value: Any) -> Any:
@@ -191,11 +203,14 @@ def _whole_numbers(value: Any) -> Any:
 
 
 def to_custom(
-    nim: NIM, ttl: timedelta | None = None, typed_endpoint: bool = False
+    nim: NIM,
+    ttl: timedelta | None = None,
+    typed_endpoint: bool = False,
+    reuse: Reuse | None = None,
 ) -> dict[str, Any]:
     """`TaskTemplate.custom` for a "nim" task: the config message as JSON (field names kept)."""
     return json_format.MessageToDict(
-        to_proto(nim, ttl, typed_endpoint), preserving_proto_field_name=True
+        to_proto(nim, ttl, typed_endpoint, reuse), preserving_proto_field_name=True
     )
 
 

@@ -241,11 +241,14 @@ class ServingCheck:
     """The ``/v1/models`` check of a Ready server, as `classify` sees it.
 
     ``reply`` None: no answer yet, either not asked (``asked`` False: the result then carries
-    ``models_request``) or asked and still in flight.
+    ``models_request``) or asked and still in flight. ``since``: the serving window starts no
+    earlier than this (a holder attaching to a shared server that has long been Ready: its own
+    adapters get the whole window from its attach).
     """
 
     reply: ModelsReply | None = None
     asked: bool = False
+    since: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -554,7 +557,10 @@ def _serving(ctx: _Context, took: str) -> _Verdict:
     pod, check = ctx.pod, ctx.serving
     assert check is not None
     window = ctx.policy.serving_window
-    ready_for = pod.since(pod.ready_at)
+    start = pod.ready_at
+    if start is not None and check.since is not None and check.since > start:
+        start = check.since
+    ready_for = pod.since(start)
     late = ready_for is not None and ready_for >= window
     url = f"{ctx.endpoint}{MODELS_PATH}"
     since = f"ready for {_ago(ready_for)}, " if ready_for is not None else ""

@@ -31,7 +31,7 @@ from flytekit.extend.backend.base_connector import (
 from flytekit.types.directory import FlyteDirectory
 
 from nim_agent.checks import ConfigError, Problem, check_adapter_name, closest, show
-from nim_agent.config import NIM
+from nim_agent.config import NIM, Reuse
 from nim_agent.contract import PEFT_SOURCE_ENV, NIMEndpoint, adapter_name
 from nim_agent.spec import TASK_TYPE, TEARDOWN_TASK_TYPE, check_ttl, to_custom
 
@@ -47,6 +47,13 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
     and every adapter. After that the server keeps running for the steps that follow, until
     `ttl` has passed (the connector stops it then; unset: the connector's `default_ttl`, 2h
     unless the operator changed it) or the execution is aborted.
+
+    With `reuse` (True, or a `Reuse`), executions whose serving configuration is the same
+    share one warm server: a later execution attaches to the running server and adds its
+    adapters to it live, instead of paying a cold start (README: Warm servers). On a shared
+    server an adapter given as a task input is served as ``<name>-<8 hex of its URI>`` (two
+    executions' "support" adapters never mix), so such a task needs `typed_endpoint=True` to
+    learn the name (`NIMEndpoint.adapters`).
 
     `inputs` declares LoRA adapters produced by earlier tasks, flytekit-style
     (``kwtypes(name=FlyteDirectory)``): a FlyteDirectory input is an adapter served under the
@@ -83,16 +90,31 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
         *,
         inputs: Mapping[str, type] | None = None,
         typed_endpoint: bool = False,
+        reuse: bool | Reuse | None = None,
         **kwargs: Any,
     ) -> None:
-        _check_task_kwargs("NIMTask", kwargs, ("name", "nim", "ttl", "inputs", "typed_endpoint"))
+        _check_task_kwargs(
+            "NIMTask", kwargs, ("name", "nim", "ttl", "inputs", "typed_endpoint", "reuse")
+        )
         if not isinstance(nim, NIM):
             raise ConfigError([Problem("nim", f"{type(nim).__name__} given; use NIM(...)")])
         if not isinstance(typed_endpoint, bool):
             raise ConfigError(
                 [Problem("typed_endpoint", f"{show(typed_endpoint)} is not true or false")]
             )
-        adapter_inputs = _adapter_inputs(nim, inputs)
+        self._reuse = Reuse.of(reuse)
+        adapter_inputs = _adapter_inputs(nim, inputs, shared=self._reuse is not None)
+        if adapter_inputs and self._reuse is not None and not typed_endpoint:
+            raise ConfigError(
+                [
+                    Problem(
+                        "typed_endpoint",
+                        "must be True with reuse and adapters as task inputs: on a shared server "
+                        "each execution's input adapter is served as <name>-<hash of its URI>, "
+                        "which the NIMEndpoint output names (endpoint.adapters)",
+                    )
+                ]
+            )
         if nim.download_inputs:
             raise ConfigError(
                 [
@@ -132,9 +154,14 @@ class NIMTask(AsyncConnectorExecutorMixin, PythonTask):  # type: ignore[misc]
         """Whether the output `endpoint` is a NIMEndpoint (else the URL string)."""
         return self._typed
 
+    @property
+    def reuse(self) -> Reuse | None:
+        """How the server is shared with other executions (None: a server of its own)."""
+        return self._reuse
+
     def get_custom(self, settings: SerializationSettings) -> dict[str, Any]:
         """The NIMTaskConfig proto as JSON, for TaskTemplate.custom."""
-        return to_custom(self._nim, self._ttl, self._typed)
+        return to_custom(self._nim, self._ttl, self._typed, self._reuse)
 
     def execute(self, **kwargs: Any) -> Any:
         """Local run (`pyflyte run`): the mixin calls the NIM connector in-process, after the
@@ -149,7 +176,13 @@ def _is_directory_type(kind: object) -> bool:
     return isinstance(kind, type) and issubclass(kind, FlyteDirectory)
 
 
-def _adapter_inputs(nim: NIM, inputs: Mapping[str, type] | None) -> dict[str, type]:
+# On a shared server an input adapter is served as <name>-<8 hex>: the name may be this long.
+SHARED_INPUT_NAME_MAX = 128 - 9
+
+
+def _adapter_inputs(
+    nim: NIM, inputs: Mapping[str, type] | None, *, shared: bool = False
+) -> dict[str, type]:
     """The task's inputs (adapters) checked: ConfigError naming `inputs.<name>` or the NIM
     field they need."""
     if inputs is None:
@@ -169,6 +202,14 @@ def _adapter_inputs(nim: NIM, inputs: Mapping[str, type] | None) -> dict[str, ty
         if _is_directory_type(kind):
             if message := check_adapter_name(name):
                 problems.append(Problem(where, message))
+            elif shared and len(name) > SHARED_INPUT_NAME_MAX:
+                problems.append(
+                    Problem(
+                        where,
+                        f"is longer than {SHARED_INPUT_NAME_MAX} characters: with reuse it is "
+                        "served as <name>-<8 hex>, at most 128",
+                    )
+                )
             elif name in hf:
                 problems.append(
                     Problem(

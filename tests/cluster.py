@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -281,3 +282,25 @@ def leftovers(core_v1: client.CoreV1Api, namespace: str) -> list[str]:
 def holds_resources(pod: client.V1Pod) -> bool:
     """Whether a pod still counts against its node: it has not ended (Failed or Succeeded)."""
     return (pod.status.phase if pod.status else None) not in ("Failed", "Succeeded")
+
+
+def running_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    """Our pods that still hold something (not ended, e.g. not stopped by nim-agent)."""
+    return [p for p in our_pods(core_v1, namespace) if holds_resources(p)]
+
+
+def stop_record_of(pod: client.V1Pod) -> dict[str, Any] | None:
+    """The `StopRecord` nim-agent wrote on a pod it stopped (as a dict), or None."""
+    from nim_agent.contract import ANNOTATION_STOPPED
+
+    raw = (pod.metadata.annotations or {}).get(ANNOTATION_STOPPED)
+    return json.loads(raw) if raw else None
+
+
+def stopped_pods(core_v1: client.CoreV1Api, namespace: str) -> list[client.V1Pod]:
+    """Our pods nim-agent stopped whose containers the kubelet has ended (phase Failed)."""
+    return [
+        p
+        for p in our_pods(core_v1, namespace)
+        if p.status.phase == "Failed" and stop_record_of(p) is not None
+    ]

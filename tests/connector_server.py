@@ -27,7 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import grpc
 from flyteidl.admin import agent_pb2
@@ -319,8 +319,16 @@ def delete_request(resource_meta: bytes, task_type: str = "nim") -> agent_pb2.De
     )
 
 
+class Connector(Protocol):
+    """What tests call a connector through: a process here (ConnectorServer) or a release of the
+    chart (tests.chart_release.ChartRelease)."""
+
+    @property
+    def stub(self) -> agent_pb2_grpc.AsyncAgentServiceStub: ...
+
+
 def poll(
-    server: ConnectorServer,
+    server: Connector,
     resource_meta: bytes,
     *,
     until: Callable[[Any], bool] = lambda r: r.phase in TERMINAL,

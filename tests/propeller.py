@@ -7,7 +7,7 @@ events, storage) and free ports, pointed at a connector's gRPC port, and drives 
 Example::
 
     with ConnectorServer(kubeconfig, command="nim-agent") as connector:
-        with Propeller(kubeconfig, connector.address, state_dir) as propeller:
+        with Propeller(kubeconfig, f"dns:///{connector.address}", state_dir, binary) as propeller:
             execution = propeller.create("tests.e2e.propeller_workflows:endpoint_wf", "ns")
             status = propeller.wait("ns", execution)
             outputs = propeller.outputs("ns", execution)
@@ -54,8 +54,11 @@ class Propeller(Process):
     """One flytepropeller process (devcluster/propeller/run.sh), stopped on exit."""
 
     def __init__(
-        self, kubeconfig: Path, connector_address: str, state_dir: Path, binary: Path
+        self, kubeconfig: Path, connector_endpoint: str, state_dir: Path, binary: Path
     ) -> None:
+        """``connector_endpoint``: a gRPC target as propeller's configuration takes it, e.g.
+        ``dns:///127.0.0.1:8000``, or ``dns://<dns server>/<name>:<port>`` to have that DNS
+        server resolve the name."""
         self.kubeconfig = kubeconfig
         self.state_dir = state_dir
         self.binary = binary
@@ -65,7 +68,7 @@ class Propeller(Process):
             "KUBECTL_FLYTE": str(binary.parent / "kubectl-flyte"),
             "PROPELLER_STATE": str(state_dir),
             "PROPELLER_KUBECONFIG": str(kubeconfig),
-            "PROPELLER_CONNECTOR_ENDPOINT": f"dns:///{connector_address}",
+            "PROPELLER_CONNECTOR_ENDPOINT": connector_endpoint,
             "PROPELLER_PROF_PORT": str(free_port()),
         }
         self.start_seconds = 0.0
@@ -86,6 +89,18 @@ class Propeller(Process):
 
     def log_tail(self, lines: int = 60, grep: str = "") -> str:
         return "\n".join([line for line in self.log().splitlines() if grep in line][-lines:])
+
+    def connector_call_errors(self) -> list[str]:
+        """Propeller's log lines of connector calls that failed (GetTask, CreateTask, the sync
+        ExecuteTaskSync, DeleteTask; flyteplugins webapi/connector's own wording). A failed
+        GetTask counts towards the task's maxSystemFailures for its whole life."""
+        marks = (
+            "failed to get task from connector",
+            "failed to create task from connector",
+            "failed to execute task from connector",
+            "failed to delete task from connector",
+        )
+        return [line for line in self.log().splitlines() if any(m in line for m in marks)]
 
     def events(self, execution_id: str) -> list[str]:
         """Execution events (file sink), one line each, of one execution."""
@@ -159,6 +174,12 @@ class Propeller(Process):
         )
         state: dict[str, Any] = json.loads(result.stdout)
         return state
+
+    def phase(self, namespace: str, execution_id: str) -> str:
+        """The workflow's phase now (flyte_run wait without waiting: exit 3 = not finished)."""
+        result = self.flyte_run("wait", execution_id, "-n", namespace, "--timeout", "0")
+        assert result.returncode in (0, 1, 3), result.stdout + result.stderr
+        return str(json.loads(result.stdout)["phase"])
 
     def outputs(self, namespace: str, execution_id: str, node: str | None = None) -> Any:
         args = ["outputs", execution_id, "-n", namespace] + (["--node", node] if node else [])

@@ -44,6 +44,11 @@ HF_STANDIN_CHECKPOINT_MIB [8] MiB):
                                                                refused (the token has no access)
   HF_STANDIN_NEMO_REPO        [standin/llama3-8b-lora-nemo]    a NeMo adapter (one .nemo file)
   HF_STANDIN_NO_ADAPTER_REPO  [standin/llama3-8b-base-only]    a model repo without adapter files
+  HF_STANDIN_SERIES           [standin/llama3-8b-lora-eval-]   + 00, 01, ...: public adapters,
+                                                               HF_STANDIN_SERIES_COUNT [12] of
+                                                               them, each its own weights (an
+                                                               evaluation loop's; 1 MiB
+                                                               checkpoints)
 
 Other settings
   HF_STANDIN_HOST [0.0.0.0]   listen address (pods on the real node reach the host at 10.244.0.1)
@@ -288,6 +293,11 @@ class Hub:
             repo = Repo(repo_id, kind, private=private, gated=gated, checkpoint_mib=mib)
             repo.publish()
             self.repos[repo_id] = repo
+        series = env.get("HF_STANDIN_SERIES", "").strip() or "standin/llama3-8b-lora-eval-"
+        for n in range(int(env.get("HF_STANDIN_SERIES_COUNT", "12") or 0)):
+            repo = Repo(f"{series}{n:02d}", "adapter", checkpoint_mib=1)
+            repo.publish()
+            self.repos[repo.repo_id] = repo
         self.key = secrets.token_bytes(32)
         self.lock = threading.Lock()
         self.requests: list[dict[str, Any]] = []

@@ -37,6 +37,7 @@ class NIMTaskConfig(google.protobuf.message.Message):
     NIM_FIELD_NUMBER: builtins.int
     TTL_FIELD_NUMBER: builtins.int
     TYPED_ENDPOINT_FIELD_NUMBER: builtins.int
+    REUSE_FIELD_NUMBER: builtins.int
     schema_version: builtins.int
     """Version of this schema (currently 1). A connector refuses a config newer than it knows."""
     typed_endpoint: builtins.bool
@@ -49,6 +50,12 @@ class NIMTaskConfig(google.protobuf.message.Message):
     def ttl(self) -> google.protobuf.duration_pb2.Duration:
         """Lifetime of the deployment; the connector deletes it after this, whatever happens."""
 
+    @property
+    def reuse(self) -> Global___Reuse:
+        """Share one warm server between executions of the same serving configuration
+        (NIMTask(reuse=...)); absent: this execution has a server of its own.
+        """
+
     def __init__(
         self,
         *,
@@ -56,11 +63,37 @@ class NIMTaskConfig(google.protobuf.message.Message):
         nim: Global___NIM | None = ...,
         ttl: google.protobuf.duration_pb2.Duration | None = ...,
         typed_endpoint: builtins.bool = ...,
+        reuse: Global___Reuse | None = ...,
     ) -> None: ...
-    def HasField(self, field_name: typing.Literal["nim", b"nim", "ttl", b"ttl"]) -> builtins.bool: ...
-    def ClearField(self, field_name: typing.Literal["nim", b"nim", "schema_version", b"schema_version", "ttl", b"ttl", "typed_endpoint", b"typed_endpoint"]) -> None: ...
+    def HasField(self, field_name: typing.Literal["nim", b"nim", "reuse", b"reuse", "ttl", b"ttl"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["nim", b"nim", "reuse", b"reuse", "schema_version", b"schema_version", "ttl", b"ttl", "typed_endpoint", b"typed_endpoint"]) -> None: ...
 
 Global___NIMTaskConfig: typing_extensions.TypeAlias = NIMTaskConfig
+
+@typing.final
+class Reuse(google.protobuf.message.Message):
+    """NIMTask(reuse=Reuse(...)): who shares the server, and how long it stays warm when idle."""
+
+    DESCRIPTOR: google.protobuf.descriptor.Descriptor
+
+    SCOPE_FIELD_NUMBER: builtins.int
+    IDLE_TTL_FIELD_NUMBER: builtins.int
+    scope: builtins.str
+    """"namespace" or "project-domain"."""
+    @property
+    def idle_ttl(self) -> google.protobuf.duration_pb2.Duration:
+        """After the last holder is done; absent: the connector's reuse_idle_ttl."""
+
+    def __init__(
+        self,
+        *,
+        scope: builtins.str = ...,
+        idle_ttl: google.protobuf.duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    def HasField(self, field_name: typing.Literal["idle_ttl", b"idle_ttl"]) -> builtins.bool: ...
+    def ClearField(self, field_name: typing.Literal["idle_ttl", b"idle_ttl", "scope", b"scope"]) -> None: ...
+
+Global___Reuse: typing_extensions.TypeAlias = Reuse
 
 @typing.final
 class NIMSecrets(google.protobuf.message.Message):

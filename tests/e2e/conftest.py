@@ -1,5 +1,7 @@
 """Fixtures of the end-to-end suite: the tools it drives (helm, uv, flytepropeller), found or
-failed loudly. (The cluster, namespace and connector fixtures are tests/conftest.py's.)
+failed loudly; the real node with the connector image built (`make image`), and namespaces with
+the Secrets a NIM task names. (The cluster, namespace and connector fixtures are
+tests/conftest.py's.)
 
 A missing tool fails the tests that need it, with what to run to get it; it never skips them.
 """
@@ -13,6 +15,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+
+from tests.realnode import ImagesEnv, RealNodeUnavailable, ensure_real_node
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +89,29 @@ def flytepropeller() -> Path:
     ).stdout.strip()
     candidates.append(Path(bin_dir) / "flytepropeller")
     return first_executable("flytepropeller", candidates, "build it with `make propeller-build`")
+
+
+@pytest.fixture(scope="session")
+def real_node_images(kubeconfig_path: Path) -> ImagesEnv:
+    """``.devcluster/images.env`` with the real node running and the connector image built
+    (``make image``, which ``make e2e`` runs); fails saying which is missing."""
+    try:
+        env = ensure_real_node()
+    except RealNodeUnavailable as e:
+        pytest.fail(str(e), pytrace=False)
+    if "NIM_AGENT_IMAGE" not in env.values:
+        pytest.fail(
+            "NIM_AGENT_IMAGE is not in .devcluster/images.env: build the connector image with "
+            "`make image` (`make e2e` does)",
+            pytrace=False,
+        )
+    return env
+
+
+@pytest.fixture
+def nim_namespace(namespace: str, core_v1: client.CoreV1Api) -> str:
+    """A fresh namespace with the Secrets a NIM task names (tests.chart_release)."""
+    from tests.chart_release import create_nim_secrets
+
+    create_nim_secrets(core_v1, namespace)
+    return namespace

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from nim_agent.checks import ConfigError
 from nim_agent.cli import build_parser
 from nim_agent.contract import LABEL_MANAGED_BY, MANAGED_BY, parse_duration
 from nim_agent.settings import ConnectorSettings
@@ -300,6 +301,39 @@ def test_connector_pod_passes_the_restricted_pod_security_profile(helm: Path) ->
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
+def test_service_links_are_off_because_the_connector_would_read_them_as_settings(
+    helm: Path,
+) -> None:
+    # What the kubelet injects for the chart's own Service (named nim-agent) when service links
+    # are on: the first run on a real kubelet crash-looped on exactly these.
+    links = {
+        "NIM_AGENT_SERVICE_HOST": "10.96.0.10",
+        "NIM_AGENT_SERVICE_PORT_GRPC": "8000",
+        "NIM_AGENT_PORT": "tcp://10.96.0.10:8000",
+        "NIM_AGENT_PORT_8000_TCP_ADDR": "10.96.0.10",
+    }
+    with pytest.raises(ConfigError) as refused:
+        ConnectorSettings.load(links)
+    assert "NIM_AGENT_SERVICE_HOST" in str(refused.value)
+    pod = one(render(helm), "Deployment")["spec"]["template"]["spec"]
+    assert pod["enableServiceLinks"] is False
+
+
+def test_a_stopping_replica_sleeps_before_sigterm_within_its_grace_period(
+    helm: Path, tmp_path: Path
+) -> None:
+    pod = one(render(helm), "Deployment")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["lifecycle"]["preStop"] == {"exec": {"command": ["sleep", "5"]}}
+    assert pod["terminationGracePeriodSeconds"] > 5
+    (container,) = one(render(helm, {"shutdownDelaySeconds": 0}, tmp_path=tmp_path), "Deployment")[
+        "spec"
+    ]["template"]["spec"]["containers"]
+    assert "lifecycle" not in container
+    error = render_error(helm, {"shutdownDelaySeconds": 30}, tmp_path)
+    assert "terminationGracePeriodSeconds (30) must exceed shutdownDelaySeconds (30)" in error
+
+
 def test_probes_are_grpc_health_checks_on_the_configured_port(helm: Path, tmp_path: Path) -> None:
     for port in (8000, 9443):
         docs = render(helm, {"ports": {"containerPort": port}}, tmp_path=tmp_path)
@@ -381,6 +415,9 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
             "adapterInputsSecret": "flyte-object-store",
             "securityProfile": "nvidia",
             "allowedSecurityProfiles": ["restricted"],
+            "allowReuse": False,
+            "reuseIdleTTL": "20m",
+            "reuseMaxTTL": "6h",
         }
     }
     docs = render(helm, values, tmp_path=tmp_path)
@@ -415,6 +452,9 @@ def test_settings_values_reach_the_connector_as_written(helm: Path, tmp_path: Pa
         adapter_inputs_secret="flyte-object-store",
         security_profile="nvidia",
         allowed_security_profiles=("restricted",),
+        allow_reuse=False,
+        reuse_idle_ttl=parse_duration("20m"),
+        reuse_max_ttl=parse_duration("6h"),
     )
     # The pod reads that file, and restarts when it changes.
     deployment = one(docs, "Deployment")

@@ -7,7 +7,6 @@ simulated by kwok (`nim-agent.dev/simulate`, see devcluster/kwok): no GPU, no NI
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 from typing import Any
 
@@ -17,7 +16,7 @@ from flyteidl.core import execution_pb2
 from kubernetes import client
 
 from nim_agent import NIMTask
-from tests.cluster import our_pods, our_services, wait_for
+from tests.cluster import our_pods, our_services, stop_record_of, stopped_pods, wait_for
 from tests.configs import simulated_nim
 from tests.connector_server import (
     Connectors,
@@ -144,13 +143,7 @@ def test_each_simulated_failure_gives_its_phase_and_names_the_cause(
     # The failed server is stopped once its diagnostics are in the message (containers ended
     # by the kubelet, the pod kept with the verdict for the retention)...
     stopped = wait_for(
-        lambda: [
-            p
-            for p in our_pods(core_v1, namespace)
-            if p.status.phase == "Failed" and "nim-agent.dev/stopped" in p.metadata.annotations
-        ],
-        timeout=60,
-        what="the failed server to be stopped",
+        lambda: stopped_pods(core_v1, namespace), timeout=60, what="the failed server to be stopped"
     )
     assert stopped[0].spec.active_deadline_seconds == 1
     # ...and later polls keep telling the same story.
@@ -201,15 +194,11 @@ def test_ttl_expiry_removes_the_deployment(
 
     # Stopped at its ttl: the containers ended, the pod kept (with its verdict) for the retention.
     [pod] = wait_for(
-        lambda: [
-            p
-            for p in our_pods(core_v1, namespace)
-            if p.status.phase == "Failed" and "nim-agent.dev/stopped" in p.metadata.annotations
-        ],
+        lambda: stopped_pods(core_v1, namespace),
         timeout=60,
         what="the server to be stopped at its ttl",
     )
-    assert json.loads(pod.metadata.annotations["nim-agent.dev/stopped"])["cause"] == "ttl"
+    assert (stop_record_of(pod) or {})["cause"] == "ttl"
     assert server.metric("nim_agent_deletions_total", cause="ttl") >= 1
     # It had served: a later GetTask (a lost answer's retry) still says SUCCEEDED.
     again = server.stub.GetTask(get_request(meta), timeout=10).resource

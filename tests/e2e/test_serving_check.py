@@ -36,7 +36,7 @@ from nim_agent.contract import (
     ANNOTATION_SERVED_MODEL,
     NIMEndpoint,
 )
-from tests.cluster import holds_resources, our_pods, wait_for
+from tests.cluster import our_pods, running_pods, wait_for
 from tests.configs import simulated_nim
 from tests.connector_server import (
     Connectors,
@@ -248,7 +248,7 @@ def test_an_adapter_the_server_does_not_load_fails_the_task_naming_it(
         assert "adapter_config.json" in failed.message
         # A failed server is stopped (keep_failed is off) once its diagnostics are in the message.
         wait_for(
-            lambda: not [p for p in our_pods(core_v1, namespace) if holds_resources(p)],
+            lambda: not running_pods(core_v1, namespace),
             timeout=30,
             what="the failed server to be stopped",
         )

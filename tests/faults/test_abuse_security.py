@@ -31,10 +31,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from kubernetes import client
 
+from nim_agent import NIMTask, Reuse
 from nim_agent.config import ConfigError
 from nim_agent.render import DeploymentIdentity, ExecutionIdentity, render
 from nim_agent.settings import ConnectorSettings
-from tests.cluster import DEVCLUSTER, REPO_ROOT, holds_resources, our_pods, our_services
+from tests.cluster import DEVCLUSTER, REPO_ROOT, our_pods, our_services, running_pods, wait_for
 from tests.configs import simulated_nim as nim
 from tests.connector_server import (
     ConnectorServer,
@@ -42,6 +43,7 @@ from tests.connector_server import (
     delete_request,
     exec_name,
     execution,
+    task_template,
 )
 from tests.faults.support import (
     COUNTS,
@@ -504,8 +506,36 @@ def run_with_the_charts_identity(
         for _ in range(2):  # the second finds the pod gone and looks for its Service
             server.stub.DeleteTask(delete_request(aborted), timeout=30)
         server.stub.DeleteTask(delete_request(waiting), timeout=30)
+        # A shared server (reuse): two holders attach, each gets its Service, both are
+        # released by aborts, and the sweep stops the idle server: no other permission.
+        shared = task_template(
+            NIMTask(
+                name="faults.shared",
+                nim=nim("ready"),
+                ttl=timedelta(hours=1),
+                reuse=Reuse(idle_ttl=timedelta(seconds=2)),
+            )
+        )
+        holders = [
+            server.stub.CreateTask(
+                create_request(shared, execution(exec_name()), namespace), timeout=30
+            ).resource_meta
+            for _ in range(2)
+        ]
+        wait_phases(server, dict.fromkeys(holders, TE.SUCCEEDED), timeout=90)
+        for holder in holders:
+            server.stub.DeleteTask(delete_request(holder), timeout=30)
+        shared_pod = json.loads(holders[0])["shared"]
+        wait_for(
+            lambda: (
+                "nim-agent.dev/stopped"
+                in (core_v1.read_namespaced_pod(shared_pod, namespace).metadata.annotations or {})
+            ),
+            timeout=60,
+            what="the idle shared server to be stopped",
+        )
         wait_phases(server, {expiring: TE.FAILED}, timeout=60)  # stopped at its ttl
-        running = {p.metadata.name for p in our_pods(core_v1, namespace) if holds_resources(p)}
+        running = {p.metadata.name for p in running_pods(core_v1, namespace)}
         assert running == {d.pod_name(ready)}, running
         services = {s.metadata.name for s in our_services(core_v1, namespace)}
         assert d.pod_name(ready) in services and d.pod_name(aborted) not in services

@@ -21,7 +21,7 @@ import grpc
 import pytest
 from kubernetes import client
 
-from tests.cluster import our_pods, our_services
+from tests.cluster import our_pods, our_services, stop_record_of
 from tests.connector_server import Connectors, ConnectorServer, delete_request, exec_name
 from tests.faults.support import COUNTS, TE, Deployments, small, try_get, wait_phases
 
@@ -170,11 +170,8 @@ def test_sigkill_while_failed_servers_are_cleaned_up_a_new_connector_finishes_th
         d.create(small("crashloop"))
 
     def running() -> int:
-        """Failed servers not stopped yet (no `nim-agent.dev/stopped` record)."""
-        return sum(
-            "nim-agent.dev/stopped" not in (p.metadata.annotations or {})
-            for p in our_pods(core_v1, namespace)
-        )
+        """Failed servers not stopped yet (no stop record on the pod)."""
+        return sum(stop_record_of(p) is None for p in our_pods(core_v1, namespace))
 
     # The reaper stops each failed server (one patch: its verdict, and the deadline that makes
     # the kubelet end it); kill the connector as soon as the first one is stopped.

@@ -15,20 +15,20 @@ suite (tests/integration/test_real_node_lives.py) proves the same rules against 
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 from flyteidl.service import agent_pb2_grpc
 from kubernetes import client
 
-from tests.cluster import holds_resources, wait_for
+from tests.cluster import holds_resources, stop_record_of, wait_for
 from tests.configs import simulated_nim as nim
 from tests.connector_server import Connectors, ConnectorServer, get_request
 from tests.faults.support import COUNTS, TE, Deployments, get, phase_name, wait_phases
@@ -74,6 +74,11 @@ def unready(core_v1: client.CoreV1Api, namespace: str, name: str) -> None:
 
 def annotations(core_v1: client.CoreV1Api, namespace: str, name: str) -> dict[str, str]:
     return dict(core_v1.read_namespaced_pod(name, namespace).metadata.annotations or {})
+
+
+def record(core_v1: client.CoreV1Api, namespace: str, name: str) -> dict[str, Any] | None:
+    """The stop record on the pod (None: not stopped)."""
+    return stop_record_of(core_v1.read_namespaced_pod(name, namespace))
 
 
 @pytest.fixture
@@ -124,7 +129,7 @@ def test_a_readiness_blip_after_serving_keeps_the_server_and_its_succeeded(
         time.sleep(0.5)
     assert "has served since" in get(server, meta).message
     pod = core_v1.read_namespaced_pod(name, namespace)
-    assert holds_resources(pod) and "nim-agent.dev/stopped" not in (pod.metadata.annotations or {})
+    assert holds_resources(pod) and stop_record_of(pod) is None
     wait_for(
         lambda: server.metric("nim_agent_serving_interruptions_total") >= before + 1,
         timeout=10,
@@ -134,13 +139,11 @@ def test_a_readiness_blip_after_serving_keeps_the_server_and_its_succeeded(
 
     # Unready past the unhealthy window (20 s here): stopped, and SUCCEEDED stands.
     stopped = wait_for(
-        lambda: "nim-agent.dev/stopped" in annotations(core_v1, namespace, name),
+        lambda: record(core_v1, namespace, name),
         timeout=90,
         what="the server to be stopped after the unhealthy window",
     )
-    assert stopped
-    record = json.loads(annotations(core_v1, namespace, name)["nim-agent.dev/stopped"])
-    assert record["cause"] == "unhealthy" and record["phase"] == "SUCCEEDED", record
+    assert stopped["cause"] == "unhealthy" and stopped["phase"] == "SUCCEEDED", stopped
     resource = get(server, meta)
     assert resource.phase == TE.SUCCEEDED and "unhealthy" in resource.message, resource.message
     assert server.metric("nim_agent_deletions_total", cause="unhealthy") >= 1
@@ -173,7 +176,7 @@ def test_an_evicted_server_stays_retryable_through_sweeps_and_a_connector_restar
     wait_phases(first, {meta: TE.RETRYABLE_FAILED}, timeout=30)
     seen = [get(first, meta) for _ in range(3)]
     wait_for(
-        lambda: "nim-agent.dev/stopped" in annotations(core_v1, namespace, name),
+        lambda: record(core_v1, namespace, name),
         timeout=30,
         what="the verdict to be recorded on the pod",
     )
@@ -187,10 +190,7 @@ def test_an_evicted_server_stays_retryable_through_sweeps_and_a_connector_restar
     phases = Counter(phase_name(r.phase) for r in seen)
     assert phases == {"RETRYABLE_FAILED": len(seen)}, phases
     assert all("evicted" in r.message for r in seen), {r.message for r in seen}
-    assert (
-        json.loads(annotations(core_v1, namespace, name)["nim-agent.dev/stopped"])["phase"]
-        == "RETRYABLE_FAILED"
-    )
+    assert (record(core_v1, namespace, name) or {})["phase"] == "RETRYABLE_FAILED"
 
 
 # -- two replicas ------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def test_one_replica_sweeps_and_the_other_takes_over_within_the_lease_duration(
     print(f"the other replica held the cleanup Lease {failover:.1f}s after the SIGKILL")
     assert failover <= LEASE_DURATION_S + 3  # + its retry period and a loaded machine's delay
     wait_for(
-        lambda: "nim-agent.dev/stopped" in annotations(core_v1, namespace, d.pod_name(meta)),
+        lambda: record(core_v1, namespace, d.pod_name(meta)),
         timeout=30,
         what="the new holder to stop the expired server",
     )

@@ -44,7 +44,7 @@ import pytest
 from kubernetes import client
 
 from nim_agent import NIM
-from tests.cluster import holds_resources, our_pods
+from tests.cluster import our_pods, running_pods
 from tests.connector_server import (
     Connectors,
     ConnectorServer,
@@ -239,7 +239,7 @@ def test_a_create_whose_answer_never_reached_propeller_is_stopped_at_its_ttl(
     server.stub.CreateTask(request, timeout=CREATE_DEADLINE_S)  # the answer is thrown away
     [pod] = our_pods(core_v1, namespace)
     deadline = time.monotonic() + 120  # ttl 15 s + reaper every 5 s; margin for a loaded machine
-    while any(holds_resources(p) for p in our_pods(core_v1, namespace)):
+    while running_pods(core_v1, namespace):
         assert time.monotonic() < deadline, f"{pod.metadata.name} outlived its ttl"
         time.sleep(1)
     assert server.metric("nim_agent_deletions_total", cause="ttl") >= 1

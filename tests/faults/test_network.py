@@ -33,7 +33,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from tests.cluster import DEVCLUSTER, holds_resources, our_pods, wait_for
+from tests.cluster import DEVCLUSTER, running_pods, wait_for
 from tests.configs import simulated_nim as nim
 from tests.connector_server import ConnectorServer, free_port
 from tests.faults.support import COUNTS, TE, Deployments, phase_name, try_get, wait_phases
@@ -202,11 +202,8 @@ def test_the_connector_recovers_from_every_network_fault_with_its_loops_alive(
         # The sweep ran through it all: the ttl that passed during the faults is enforced...
         wait_for(
             lambda: (
-                not [
-                    p
-                    for p in our_pods(core_v1, namespace)
-                    if p.metadata.name == d.pod_name(expiring) and holds_resources(p)
-                ]
+                d.pod_name(expiring)
+                not in {p.metadata.name for p in running_pods(core_v1, namespace)}
             ),
             timeout=60,
             what="the expired server to be stopped",

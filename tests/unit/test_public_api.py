@@ -18,6 +18,7 @@ EXPECTED = [
     "NIMTeardownTask",
     "PodTemplate",
     "Problem",
+    "Reuse",
     "__version__",
 ]
 
@@ -40,6 +41,7 @@ def test_every_public_name_resolves_to_what_it_names() -> None:
         "NIMEndpoint": contract.NIMEndpoint,
         "ConfigError": checks.ConfigError,
         "Problem": checks.Problem,
+        "Reuse": config.Reuse,
         "NIMTask": task.NIMTask,
         "NIMTeardownTask": task.NIMTeardownTask,
         "PodTemplate": flytekit.PodTemplate,

@@ -222,3 +222,23 @@ def test_the_default_adapter_inputs_image_is_flytekits_own_for_its_version(
 
     monkeypatch.delenv("FLYTE_INTERNAL_IMAGE", raising=False)
     assert flytekit_image() == DefaultImages.find_image_for()  # flytekit's own naming
+
+
+def test_kubernetes_service_link_variables_are_not_settings() -> None:
+    # What a pod gets for a Service named nim-agent (or nim-agent-metrics) in its namespace.
+    links = {
+        "NIM_AGENT_SERVICE_HOST": "10.96.0.12",
+        "NIM_AGENT_SERVICE_PORT": "8000",
+        "NIM_AGENT_SERVICE_PORT_GRPC": "8000",
+        "NIM_AGENT_PORT": "tcp://10.96.0.12:8000",
+        "NIM_AGENT_PORT_8000_TCP": "tcp://10.96.0.12:8000",
+        "NIM_AGENT_PORT_8000_TCP_PROTO": "tcp",
+        "NIM_AGENT_PORT_8000_TCP_PORT": "8000",
+        "NIM_AGENT_PORT_8000_TCP_ADDR": "10.96.0.12",
+        "NIM_AGENT_METRICS_SERVICE_HOST": "10.96.0.13",
+    }
+    assert ConnectorSettings.load(environ={**links, "NIM_AGENT_DEFAULT_TTL": "3h"}) == (
+        ConnectorSettings(default_ttl=timedelta(hours=3))
+    )
+    with pytest.raises(ConfigError):  # a misspelt setting is still refused
+        ConnectorSettings.load(environ={"NIM_AGENT_DEFAULT_TLL": "3h"})
