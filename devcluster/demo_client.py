@@ -2,13 +2,19 @@
 NIM serves (printing each phase change), then print the endpoint.
 
     python devcluster/demo_client.py --address 127.0.0.1:8000 --namespace nim-demo
+    python devcluster/demo_client.py ... --ask-image IMAGE --ask-node-selector KEY=VALUE
 
-Used by `make demo`. The task is the NIM of examples/demo_workflow.py (with a LoRA adapter).
+Used by `make demo`. The task is the NIM of examples/demo_workflow.py (with a LoRA adapter; the
+NIM_DEMO_* variables set its image and nodes). With `--ask-image`, a workflow's next step is played
+too: a pod (that image, with python3, on the nodes of `--ask-node-selector`) runs
+devcluster/ask_endpoint.py, which POSTs `{endpoint}/v1/chat/completions` by the Service's DNS
+name, naming the adapter as the model; its answer is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 import uuid
@@ -33,6 +39,8 @@ def main() -> int:
     parser.add_argument("--address", default="127.0.0.1:8000")
     parser.add_argument("--namespace", default="nim-demo")
     parser.add_argument("--timeout", type=float, default=180)
+    parser.add_argument("--ask-image", help="ask the endpoint from a pod of this image")
+    parser.add_argument("--ask-node-selector", default="", help="key=value: where that pod runs")
     args = parser.parse_args()
 
     from demo_workflow import llama  # the NIMTask of the demo workflow
@@ -90,7 +98,78 @@ def main() -> int:
         return 1
     endpoint = resource.outputs.literals["endpoint"].scalar.primitive.string_value
     print(f"\n  endpoint = {endpoint}")
+    if args.ask_image:
+        from demo_workflow import HF_REPO
+
+        from nim_agent.contract import adapter_name
+
+        return ask(args, endpoint, adapter_name(HF_REPO))
     return 0
+
+
+def ask(args: argparse.Namespace, endpoint: str, model: str) -> int:
+    """Run devcluster/ask_endpoint.py in a pod: the step after the NIM, inside the cluster."""
+    from kubernetes import client, config
+
+    program = (Path(__file__).resolve().parent / "ask_endpoint.py").read_text()
+    name = f"ask-{uuid.uuid4().hex[:6]}"
+    selector = dict([args.ask_node_selector.split("=", 1)]) if args.ask_node_selector else {}
+    question = "What is Flyte?"
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"app.kubernetes.io/name": "nim-demo-ask"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "nodeSelector": selector,
+            # The real node carries the GPU nodes' taint, as GPU pools do.
+            "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists"}],
+            "securityContext": {
+                "runAsNonRoot": True,
+                "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [
+                {
+                    "name": "ask",
+                    "image": args.ask_image,
+                    "command": ["python3", "-c", program, endpoint, model, question],
+                    "resources": {"limits": {"cpu": "200m", "memory": "64Mi"}},
+                    "securityContext": {
+                        "allowPrivilegeEscalation": False,
+                        "capabilities": {"drop": ["ALL"]},
+                    },
+                }
+            ],
+        },
+    }
+    api = config.new_client_from_config()
+    core = client.CoreV1Api(api)
+    print(f"\n  a pod on the real node asks it: POST {endpoint}/v1/chat/completions")
+    print(f"    {{'model': {model!r}, 'messages': [{{'role': 'user', 'content': {question!r}}}]}}")
+    core.create_namespaced_pod(args.namespace, pod)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            phase = core.read_namespaced_pod(name, args.namespace).status.phase
+            if phase in ("Succeeded", "Failed"):
+                break
+            if time.monotonic() > deadline:
+                print(f"  pod {name} did not finish within 120s (phase {phase})", file=sys.stderr)
+                return 1
+            time.sleep(0.5)
+        log = core.read_namespaced_pod_log(name, args.namespace).strip()
+        if phase != "Succeeded":
+            print(f"  pod {name} failed: {log}", file=sys.stderr)
+            return 1
+        answer = json.loads(log.splitlines()[-1])
+        print(
+            f"  the NIM answered ({answer['model']}): {answer['choices'][0]['message']['content']}"
+        )
+        return 0
+    finally:
+        core.delete_namespaced_pod(name, args.namespace, grace_period_seconds=0)
+        api.close()
 
 
 if __name__ == "__main__":

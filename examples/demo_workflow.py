@@ -19,6 +19,8 @@ Settings by environment, for the local real node (`make demo` sets them):
   NIM_DEMO_IMAGE          the NIM image [nvcr.io/nim/meta/llama3-8b-instruct:1.0.0]
   NIM_DEMO_NODE_SELECTOR  key=value of the nodes to run on [none]
   NIM_DEMO_MEM, NIM_DEMO_SHM  memory and /dev/shm of the server [20Gi, 16Gi]
+  NIM_DEMO_LORA_MEM       memory of `wf`'s adapter download [2Gi]
+  NIM_DEMO_PROBE_PERIOD   seconds between the server's startup and readiness probes [10]
   NIM_DEMO_HF_ENDPOINT    Hugging Face Hub (or stand-in) for `wf`'s adapter [the connector's]
   NIM_DEMO_HF_REPO        that adapter's repository [tloen/alpaca-lora-7b]
 """
@@ -51,6 +53,8 @@ SELECTOR = (
 )
 MEM = os.environ.get("NIM_DEMO_MEM", "20Gi")
 SHM = os.environ.get("NIM_DEMO_SHM", "16Gi")
+LORA_MEM = os.environ.get("NIM_DEMO_LORA_MEM", "2Gi")
+PROBE_PERIOD = int(os.environ.get("NIM_DEMO_PROBE_PERIOD", "10"))
 HF_REPO = os.environ.get("NIM_DEMO_HF_REPO", "tloen/alpaca-lora-7b")
 SECRETS = NIMSecrets(ngc_image_secret="ngc-pull", ngc_secret_key="api_key", secrets_prefix="_FSEC_")
 
@@ -63,14 +67,17 @@ llama = NIMTask(
             secrets_prefix="_FSEC_",
             hf_token_key="token",
         ),
-        image="nvcr.io/nim/meta/llama3-8b-instruct:1.0.0",
+        image=IMAGE,
         gpu=1,
-        mem="20Gi",
-        shm_size="16Gi",
+        mem=MEM,
+        shm_size=SHM,
         env={"NIM_PEFT_SOURCE": "/opt/nim/loras"},
         hf_repo_ids=[HF_REPO],
         hf_endpoint=os.environ.get("NIM_DEMO_HF_ENDPOINT") or None,
-        lora_adapter_mem="2Gi",
+        lora_adapter_mem=LORA_MEM,
+        node_selector=SELECTOR,
+        startup_period_seconds=PROBE_PERIOD,
+        readiness_period_seconds=PROBE_PERIOD,
         labels={"nim-agent.dev/simulate": SIMULATE},
     ),
     ttl=timedelta(minutes=30),

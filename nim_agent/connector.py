@@ -75,6 +75,7 @@ from nim_agent.contract import (
     LABEL_PREFIX,
     NIM_CONTAINER,
     TEARDOWN,
+    TTL,
     HolderRecord,
     NIMEndpoint,
     deletion_cause,
@@ -678,7 +679,8 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             message=result.message,
             log_links=self._log_links(meta),
             outputs=result.outputs,
-            custom_info=result.custom_info or None,
+            # The reason too: the short token a person (and a test) reads the verdict by.
+            custom_info={**result.custom_info, "reason": result.reason.value},
         )
 
     def _holder_output(self, meta: NIMMetadata, pod: Json, record: HolderRecord | None) -> Any:
@@ -859,7 +861,9 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
             return
         from nim_agent.reaper import stop_deployment, stop_record_for
 
-        record = stop_record_for(FAILURE, result, now=now, detail=None if ended else "")
+        # The kubelet's ttl backstop (DeadlineExceeded) is recorded as the sweep records it.
+        cause = TTL if ended and result.reason is Reason.TTL_EXPIRED else FAILURE
+        record = stop_record_for(cause, result, now=now, detail=None if ended else "")
         await stop_deployment(kube, pod, record)
 
     def _log_links(self, meta: NIMMetadata) -> list[TaskLog] | None:
@@ -1150,13 +1154,23 @@ async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
 
 
 def _wants_events(result: Classification) -> bool:
-    """Events add the scheduler's and kubelet's words; read them only while they matter."""
-    return result.phase in (
+    """Events add the scheduler's and kubelet's words; read them only while they matter.
+
+    A server container that has restarted counts too: only the kubelet's ``Killing`` event
+    says that its startup probe killed it (a startup timeout, at the first kill); its status
+    shows a plain exit, and would wait for the crash-loop threshold.
+    """
+    if result.phase in (
         Phase.QUEUED,
         Phase.WAITING_FOR_RESOURCES,
         Phase.INITIALIZING,
         Phase.FAILED,
         Phase.RETRYABLE_FAILED,
+    ):
+        return True
+    restarts = result.custom_info.get("restarts") or {}
+    return result.reason in (Reason.RESTARTING, Reason.LOADING_MODEL) and bool(
+        restarts.get(NIM_CONTAINER)
     )
 
 

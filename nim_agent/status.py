@@ -40,8 +40,8 @@ _pod_failed          phase Failed: Evicted, node gone,   RETRYABLE_FAILED       
                      kubelet admission rejected                                 AdmissionRejected
                      (OutOf*, UnexpectedAdmission)
 _pod_failed          phase Failed, DeadlineExceeded (the SUCCEEDED if it had      TtlExpired
-                     kubelet's ttl backstop, no          served, else FAILED
-                     connector running)
+                     kubelet's ttl backstop, before any  served, else FAILED
+                     connector stopped it)
 _pod_failed          phase Failed: a container or an     FAILED                 OOMKilled, ...
                      init container failed
 _pod_succeeded       phase Succeeded (server exited 0)   FAILED                 ServerExited
@@ -433,8 +433,9 @@ def _pod_failed(ctx: _Context) -> _Verdict | None:
             Reason.ADMISSION_REJECTED, f"The kubelet{where} rejected the NIM pod ({reason}){detail}"
         )
     if reason == "DeadlineExceeded":
-        # The kubelet enforced spec.activeDeadlineSeconds, the ttl's backstop, with no record
-        # of nim-agent's: no connector was running when the ttl passed.
+        # The kubelet enforced spec.activeDeadlineSeconds, the ttl's backstop, before any
+        # connector stopped it (none was running, or its sweep came later). An ended pod no
+        # longer shows whether it had been Ready: only served-at says it was found serving.
         if pod.served_at is not None:
             return _Verdict(
                 Phase.SUCCEEDED,
@@ -445,8 +446,9 @@ def _pod_failed(ctx: _Context) -> _Verdict | None:
         return _Verdict(
             Phase.FAILED,
             Reason.TTL_EXPIRED,
-            f"The NIM server's ttl passed before it was ready: the kubelet stopped it "
-            f"(activeDeadlineSeconds){where}. Raise ttl if the model needs longer to load.",
+            f"The NIM server's ttl passed before it was found serving: the kubelet stopped it "
+            f"(activeDeadlineSeconds){where}. Raise ttl if the model needs longer to load, and "
+            "check that a connector was running to follow it.",
         )
     verdict = _init_failure(ctx, final=True) or _container_failure(ctx, final=True)
     if verdict:

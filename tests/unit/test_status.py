@@ -1094,7 +1094,7 @@ CASES = [
             ),
             Phase.FAILED,
             Reason.TTL_EXPIRED,
-            has=["ttl passed before it was ready", "activeDeadlineSeconds"],
+            has=["ttl passed before it was found serving", "activeDeadlineSeconds"],
         ),
         id="the kubelet's deadline with no connector running fails a server still loading",
     ),
