@@ -1158,7 +1158,8 @@ def _wants_events(result: Classification) -> bool:
 
     A server container that has restarted counts too: only the kubelet's ``Killing`` event
     says that its startup probe killed it (a startup timeout, at the first kill); its status
-    shows a plain exit, and would wait for the crash-loop threshold.
+    shows a plain exit, and would wait for the crash-loop threshold. So does a server that has
+    served and is unready now: its message quotes the kubelet's last failed probe.
     """
     if result.phase in (
         Phase.QUEUED,
@@ -1168,6 +1169,8 @@ def _wants_events(result: Classification) -> bool:
         Phase.RETRYABLE_FAILED,
     ):
         return True
+    if result.reason is Reason.SERVING_INTERRUPTED:
+        return True  # the kubelet's last probe failure says why a server that served is unready
     restarts = result.custom_info.get("restarts") or {}
     return result.reason in (Reason.RESTARTING, Reason.LOADING_MODEL) and bool(
         restarts.get(NIM_CONTAINER)

@@ -50,7 +50,7 @@ EXECUTION = "exec-0"
 STANDIN_IMAGE = "127.0.0.1:5050/nim/meta/llama3-8b-instruct:standin"
 POD_IP = "10.244.0.100"
 
-_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d)")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 _CONTAINER_ID = re.compile(r"containerd://[0-9a-f]{64}")
 _POD_IP = re.compile(r"\b10\.244\.0\.(?!1\b)\d{1,3}\b")
