@@ -468,7 +468,7 @@ class Kube:
             )
         except (NotFound, Invalid):
             return None
-        return data.decode("utf-8", "replace")
+        return log_text(data)
 
     async def pod_proxy_get(
         self, namespace: str, name: str, port: int, path: str, *, seconds: float
@@ -539,3 +539,14 @@ class Kube:
 
 def _lease_path(namespace: str, name: str | None = None) -> str:
     return _path("leases", namespace, name, base="/apis/coordination.k8s.io/v1")
+
+
+# What the kubelet answers, with 200, for the log of a container the runtime no longer has (a
+# previous instance already removed): not the container's words.
+_NO_LOG = "unable to retrieve container logs for "
+
+
+def log_text(data: bytes) -> str | None:
+    """A pod log answer as text; None when the kubelet says it has no log to give."""
+    text = data.decode("utf-8", "replace")
+    return None if text.startswith(_NO_LOG) else text

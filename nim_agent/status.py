@@ -837,6 +837,7 @@ def _init_containers(ctx: _Context) -> _Verdict | None:
 # Registry answers that retrying will not change, in the words of the runtime's error (the CRI's
 # gRPC code, the registry's HTTP status line, the distribution spec's error codes). Matched as
 # whole phrases: a bare "404" inside an image digest or a host name is not a verdict.
+_BARE_ERROR = re.compile(r"Error: \w+")  # the kubelet's Failed event echoing a waiting reason
 _PERMANENT_PULL_ERROR = re.compile(
     r"code = NotFound"  # containerd: the reference does not resolve (no such tag/repository)
     r"|\b40[134] (Unauthorized|Forbidden|Not Found)\b"  # the registry's status line
@@ -900,12 +901,17 @@ def _waiting_problem(ctx: _Context, container: ContainerFacts) -> _Verdict | Non
 
 def _pull_error(ctx: _Context, container: ContainerFacts) -> _Verdict:
     pod, waiting = ctx.pod, container.waiting_reason
-    failed = pod.last_event("Failed", container=container)
-    # ImagePullBackOff says only "Back-off pulling image"; the registry's answer is in ErrImagePull
-    # or the kubelet's Failed event.
+    # The registry's answer is in ErrImagePull's message, in ImagePullBackOff's on recent
+    # kubelets ("Back-off pulling image ...: ErrImagePull: <answer>", v1.37 here; older ones say
+    # only "Back-off pulling image ..."), and in the kubelet's "Failed to pull image" event. Its
+    # latest Failed event is mostly a bare echo of the waiting reason ("Error: ImagePullBackOff"):
+    # never the answer.
     registry = container.waiting_message
-    if waiting != "ErrImagePull" and failed and failed.message:
-        registry = failed.message
+    if waiting != "ErrImagePull" and "ErrImagePull:" not in registry:
+        for event in reversed(pod.events_about(("Failed",), container)):
+            if event.message and not _BARE_ERROR.fullmatch(event.message):
+                registry = event.message
+                break
     secret_event = pod.last_event("FailedToRetrieveImagePullSecret")
     secret_note = f" ({secret_event.message})" if secret_event else ""
     image = container.image or "?"

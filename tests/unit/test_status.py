@@ -549,6 +549,50 @@ CASES = [
             make_pod(
                 container(
                     state=waiting(
+                        "ImagePullBackOff",
+                        f'Back-off pulling image "{IMAGE}": ErrImagePull: rpc error: '
+                        f'code = NotFound desc = failed to resolve reference "{IMAGE}": '
+                        f"{IMAGE}: not found",
+                    )
+                )
+            ),
+            Phase.FAILED,
+            Reason.IMAGE_PULL_ERROR,
+            has=[IMAGE, "code = NotFound", "image name and tag"],
+            lacks=["Retrying"],
+            # What kubelet v1.37 wrote on the real node (tests/unit/fixtures/kubelet/
+            # image-tag-missing.json): its last Failed events only echo the waiting reason.
+            events=[
+                event("Failed", f"Failed to pull image: {IMAGE}: not found", 1, container="nim"),
+                event("Failed", "Error: ErrImagePull", 1, container="nim"),
+                event("Failed", "Error: ImagePullBackOff", 2, container="nim"),
+            ],
+            now=3,
+        ),
+        id="a back-off whose message carries the registry's answer fails at once (kubelet v1.37)",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(state=waiting("ImagePullBackOff", f'Back-off pulling image "{IMAGE}"'))
+            ),
+            Phase.FAILED,
+            Reason.IMAGE_PULL_ERROR,
+            has=[IMAGE, "manifest unknown"],
+            lacks=["Error: ImagePullBackOff", "Retrying"],
+            events=[
+                event("Failed", "Failed to pull image: manifest unknown", 1, container="nim"),
+                event("Failed", "Error: ImagePullBackOff", 2, container="nim"),
+            ],
+            now=3,
+        ),
+        id="a bare back-off takes the registry's answer from the event before the kubelet's echo",
+    ),
+    pytest.param(
+        Case(
+            make_pod(
+                container(
+                    state=waiting(
                         "ErrImagePull",
                         f'rpc error: code = NotFound desc = failed to resolve reference "{IMAGE}": '
                         f"{IMAGE}: not found",
