@@ -950,19 +950,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
                 f"pod {namespace}/{name} was not made by nim-agent; not deleting it"
             )
         labels = (pod.get("metadata") or {}).get("labels") or {}
-        belongs = (
-            labels.get(LABEL_PREFIX + "project", ""),
-            labels.get(LABEL_PREFIX + "domain", ""),
-        )
-        if owner is not None and belongs != owner:
-            whose = "/".join(belongs) if any(belongs) else "a local run"
-            mine = "/".join(owner) if any(owner) else "a local run"
-            if not force:
-                raise PermissionError(
-                    f"NIM deployment {namespace}/{name} belongs to {whose}, not to {mine}; "
-                    "not deleting it (NIMTeardownTask(force=True) overrides this)"
-                )
-            log.warning("teardown of %s/%s (of %s) forced by %s", namespace, name, whose, mine)
+        _check_owner(f"NIM deployment {namespace}/{name}", "deleting", labels, owner, force)
         await delete_deployment(kube, namespace, name, cause=TEARDOWN, detail="requested")
         return f"deleted NIM deployment {namespace}/{name}"
 
@@ -977,19 +965,7 @@ class NIMConnector(AsyncConnectorBase):  # type: ignore[misc]
     ) -> str:
         """Teardown of a holder's endpoint: release that holder of its shared server."""
         shared = str(labels.get(LABEL_DEPLOYMENT) or "")
-        belongs = (
-            labels.get(LABEL_PREFIX + "project", ""),
-            labels.get(LABEL_PREFIX + "domain", ""),
-        )
-        if owner is not None and belongs != owner:
-            whose = "/".join(belongs) if any(belongs) else "a local run"
-            mine = "/".join(owner) if any(owner) else "a local run"
-            if not force:
-                raise PermissionError(
-                    f"NIM endpoint {namespace}/{name} belongs to {whose}, not to {mine}; not "
-                    "releasing it (NIMTeardownTask(force=True) overrides this)"
-                )
-            log.warning("teardown of %s/%s (of %s) forced by %s", namespace, name, whose, mine)
+        _check_owner(f"NIM endpoint {namespace}/{name}", "releasing", labels, owner, force)
         await release_holder(kube, namespace, shared, name, by=TEARDOWN)
         return (
             f"released {namespace}/{name} from the shared NIM server {shared} (it keeps serving "
@@ -1151,6 +1127,23 @@ async def _best_effort(call: Awaitable[T], fallback: T, meta: NIMMetadata) -> T:
     except KubeError as exc:
         log.warning("detail for pod %s/%s unavailable: %s", meta.namespace, meta.name, exc)
         return fallback
+
+
+def _check_owner(
+    what: str, doing: str, labels: Mapping[str, str], owner: tuple[str, str] | None, force: bool
+) -> None:
+    """A teardown acts only within its own Flyte project and domain, unless forced (logged)."""
+    belongs = (labels.get(LABEL_PREFIX + "project", ""), labels.get(LABEL_PREFIX + "domain", ""))
+    if owner is None or belongs == owner:
+        return
+    whose = "/".join(belongs) if any(belongs) else "a local run"
+    mine = "/".join(owner) if any(owner) else "a local run"
+    if not force:
+        raise PermissionError(
+            f"{what} belongs to {whose}, not to {mine}; not {doing} it "
+            "(NIMTeardownTask(force=True) overrides this)"
+        )
+    log.warning("teardown of %s (of %s) forced by %s", what, whose, mine)
 
 
 def _wants_events(result: Classification) -> bool:
