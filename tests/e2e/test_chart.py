@@ -301,20 +301,23 @@ def test_connector_pod_passes_the_restricted_pod_security_profile(helm: Path) ->
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]
 
 
-def test_service_links_are_off_because_the_connector_would_read_them_as_settings(
+def test_service_links_are_off_and_the_connector_does_not_take_them_for_settings(
     helm: Path,
 ) -> None:
     # What the kubelet injects for the chart's own Service (named nim-agent) when service links
-    # are on: the first run on a real kubelet crash-looped on exactly these.
+    # are on: the first run on a real kubelet crash-looped on exactly these, read as unknown
+    # settings. The chart turns them off, and the connector no longer reads them as settings
+    # (a release named otherwise, or another Service called nim-agent, would bring them back).
     links = {
         "NIM_AGENT_SERVICE_HOST": "10.96.0.10",
         "NIM_AGENT_SERVICE_PORT_GRPC": "8000",
         "NIM_AGENT_PORT": "tcp://10.96.0.10:8000",
         "NIM_AGENT_PORT_8000_TCP_ADDR": "10.96.0.10",
     }
+    assert ConnectorSettings.load(links) == ConnectorSettings.load({})
     with pytest.raises(ConfigError) as refused:
-        ConnectorSettings.load(links)
-    assert "NIM_AGENT_SERVICE_HOST" in str(refused.value)
+        ConnectorSettings.load({**links, "NIM_AGENT_SERVICE_HOTS": "x"})
+    assert "NIM_AGENT_SERVICE_HOTS" in str(refused.value)
     pod = one(render(helm), "Deployment")["spec"]["template"]["spec"]
     assert pod["enableServiceLinks"] is False
 
