@@ -150,8 +150,12 @@ def _connector_chart(
     core_v1.create_namespace(
         {"metadata": {"name": namespace, "labels": {"nim-agent.dev/test": "true"}}}
     )
-    # As in the process mode: no cleanup pass during the tests.
-    values = real_node_values(images["NIM_AGENT_IMAGE"], settings={"reapInterval": "1h"})
+    # As in the process mode: no cleanup pass during the tests, and no /v1/models check: the
+    # workflows' NIM pods live on kwok's nodes, which serve no HTTP (the chart's connector
+    # verifies a real server in tests/e2e/test_chart_on_real_node.py).
+    values = real_node_values(
+        images["NIM_AGENT_IMAGE"], settings={"reapInterval": "1h", "servingCheck": "off"}
+    )
     try:
         with ChartRelease(
             kubeconfig, helm, namespace, images["NIM_AGENT_IMAGE"], values=values, work_dir=state
