@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import urllib.request
 from datetime import timedelta
@@ -137,7 +138,23 @@ class ChartRelease:
             "--timeout",
             f"{ROLLOUT_TIMEOUT_S}s",
         )
+        self.wait_routed()
         return self.notes
+
+    def wait_routed(self, timeout: float = 30) -> None:
+        """Until the Service's ClusterIP takes connections. ``helm --wait`` ends when the pods
+        are Ready; kube-proxy programs the Service's rules after the EndpointSlice follows
+        (minSyncPeriod 1 s on the real node), and a connection in between is refused."""
+        host, port = self.service().spec.cluster_ip, self.port("metrics")
+
+        def connects() -> bool:
+            try:
+                socket.create_connection((host, port), timeout=2).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(connects, timeout=timeout, what=f"kube-proxy to route {host}:{port}")
 
     def upgrade(self, chart: Path = CHART, values: dict[str, Any] | None = None) -> str:
         """``helm upgrade --wait`` to ``chart`` (the new pods Ready, the old ones gone)."""
