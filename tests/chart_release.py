@@ -125,19 +125,7 @@ class ChartRelease:
 
     def install(self, chart: Path = CHART) -> str:
         """``helm install --wait``: every replica Ready (its gRPC probes passed); the NOTES."""
-        self.notes = self._tool(
-            self.helm,
-            "install",
-            self.release,
-            str(chart),
-            "--namespace",
-            self.namespace,
-            "--values",
-            self._values_file(self.values),
-            "--wait",
-            "--timeout",
-            f"{ROLLOUT_TIMEOUT_S}s",
-        )
+        self.notes = self._helm_wait("install", chart)
         self.wait_routed()
         return self.notes
 
@@ -160,9 +148,15 @@ class ChartRelease:
         """``helm upgrade --wait`` to ``chart`` (the new pods Ready, the old ones gone)."""
         if values is not None:
             self.values = values
-        self.notes = self._tool(
+        self.notes = self._helm_wait("upgrade", chart)
+        self.wait_rolled_out()
+        return self.notes
+
+    def _helm_wait(self, verb: str, chart: Path) -> str:
+        """``helm install|upgrade`` of this release with its values, ``--wait``; the NOTES."""
+        return self._tool(
             self.helm,
-            "upgrade",
+            verb,
             self.release,
             str(chart),
             "--namespace",
@@ -173,8 +167,6 @@ class ChartRelease:
             "--timeout",
             f"{ROLLOUT_TIMEOUT_S}s",
         )
-        self.wait_rolled_out()
-        return self.notes
 
     def uninstall(self) -> None:
         """``helm uninstall``, then wait until the release's pods are gone: a stopping replica
